@@ -1,0 +1,200 @@
+"""The one frozen `Config` of a taper run, and its presets.
+
+Names follow Stable-Baselines3 where one exists (`buffer_size`, `learning_starts`,
+`batch_size`, `tau`, `gamma`); PER's exponents are `per_alpha`/`per_beta`, SAC's
+temperature is `log_alpha`, so no two things share a name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("mtsac", "paco", "taper")
+SAMPLERS = ("uniform", "average", "per", "ta-per")
+DEVICES = ("auto", "cpu", "cuda")
+PRESETS = {
+    # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env.
+    "paper": dict(
+        hidden_sizes=(400, 400, 400),
+        batch_size=1280,
+        buffer_size=1_000_000,
+        steps_per_env=2_000_000,
+        learning_starts=1500,
+        eval_every=50_000,
+        eval_episodes=50,
+    ),
+    # Small enough that 100k steps per env of MT10-rand runs in about half an hour on 2 cores.
+    "cpu-small": dict(
+        hidden_sizes=(128, 128),
+        batch_size=256,
+        buffer_size=200_000,
+        steps_per_env=100_000,
+        learning_starts=1500,
+        eval_every=10_000,
+        eval_episodes=5,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides a run; `config.json` in a run folder is this, serialised."""
+
+    suite: str = "mt10-rand"
+    """Task suite: mt10-rand, mt50-rand, mt10, mt50, mt1:<task>, gym:<EnvId>."""
+    method: str = "taper"
+    """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique features)."""
+    sampler: str = "ta-per"
+    """Replay strategy: uniform, average, per, ta-per."""
+    seed: int = 0
+    """Seed of numpy, torch and the environments."""
+    preset: str = "cpu-small"
+    """Name of the preset the sizes below came from (recorded, not re-applied)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    out: str | None = None
+    """Run folder; None makes one under runs/ named by suite, method, sampler, seed and time."""
+
+    steps_per_env: int = 100_000
+    """Environment steps per task (= vector steps); the paper uses 2M."""
+    learning_starts: int = 1500
+    """Vector steps of uniform random actions before the first update."""
+    gradient_steps: int = 1
+    """Gradient updates per vector step."""
+    batch_size: int = 256
+    """K, transitions per update, drawn across all tasks."""
+    buffer_size: int = 200_000
+    """Transitions kept in total; each task gets buffer_size // num_tasks."""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """Hidden layer widths of actor and critics."""
+    lr: float = 3e-4
+    """Adam learning rate of actor, critics and PaCo's task weights."""
+    alpha_lr: float = 1e-4
+    """Adam learning rate of the per-task log temperature."""
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    init_temperature: float = 1.0
+    """Initial entropy temperature alpha of every task."""
+    log_alpha_min: float = -10.0
+    """Lower clamp of log alpha (PaCo)."""
+    log_alpha_max: float = 0.0
+    """Upper clamp of log alpha (PaCo)."""
+
+    episode_length: int = 150
+    """Steps per training and evaluation episode (PaCo/MOORE: 150; metaworld's own: 500)."""
+    reward_version: str = "v2"
+    """Metaworld reward function version."""
+    eval_every: int = 10_000
+    """Steps per env between evaluations (and checkpoints); the paper uses 50k."""
+    eval_episodes: int = 5
+    """Evaluation episodes per task; the paper uses 50."""
+    log_every: int = 1000
+    """Steps per env between training-metric rows."""
+
+    per_alpha: float = 0.6
+    """PER priority exponent alpha (Eq. 3)."""
+    per_beta: float = 0.4
+    """Initial IS exponent beta, annealed linearly to 1 over the run (Eq. 4)."""
+    per_eps: float = 1e-6
+    """Added to |td| before the exponent."""
+    k_min: int | None = None
+    """TA-PER minimum per-task quota (Eq. 5); None: K // (4N) for ta-per."""
+    k_max: int | None = None
+    """TA-PER maximum per-task quota (Eq. 5); None: ceil(4K / N) for ta-per, capped at K."""
+
+    num_param_sets: int = 5
+    """Kp, parameter sets of PaCo's compositional layers."""
+    extreme_loss_threshold: float = 3e3
+    """A task whose loss exceeds this is masked and its w reset (PaCo)."""
+    unique_dim: int = 32
+    """Width of the unique feature u = f(s)."""
+    unique_hidden_sizes: tuple[int, ...] = (128,)
+    """Hidden widths of the unique-feature MLP."""
+    triplet_margin: float = 1.0
+    """Margin m of the triplet loss (Eq. 1)."""
+    unique_lr: float = 3e-4
+    """Adam learning rate of the unique-feature MLP."""
+    unique_sac_grad: bool = False
+    """Let SAC gradients flow into the unique-feature MLP (ablation)."""
+
+    deterministic: bool = False
+    """Deterministic torch kernels and one CPU thread, for bit-exact resume tests."""
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("preset", self.preset, tuple(PRESETS))
+        for name in ("steps_per_env", "batch_size", "buffer_size", "gradient_steps",
+                     "eval_every", "eval_episodes", "episode_length", "log_every",
+                     "num_param_sets", "unique_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.learning_starts < 0:
+            raise ValueError(f"learning_starts={self.learning_starts!r} must be >= 0")
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise ValueError(f"hidden_sizes={self.hidden_sizes!r} must be positive widths")
+        for name in ("lr", "alpha_lr", "unique_lr", "tau", "per_eps", "triplet_margin",
+                     "init_temperature", "extreme_loss_threshold"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if not 0 <= self.gamma < 1:
+            raise ValueError(f"gamma={self.gamma!r} must be in [0, 1)")
+        if not 0 <= self.per_alpha:
+            raise ValueError(f"per_alpha={self.per_alpha!r} must be >= 0")
+        if not 0 <= self.per_beta <= 1:
+            raise ValueError(f"per_beta={self.per_beta!r} must be in [0, 1]")
+        if self.k_min is not None and self.k_min < 0:
+            raise ValueError(f"k_min={self.k_min!r} must be >= 0")
+        if self.k_max is not None and self.k_max <= 0:
+            raise ValueError(f"k_max={self.k_max!r} must be > 0")
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "Config":
+        """The preset's sizes, then `overrides` (None values are ignored)."""
+        _check_choice("preset", preset, tuple(PRESETS))
+        values = {**PRESETS[preset], "preset": preset}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def quota_bounds(self, num_tasks: int) -> tuple[int, int]:
+        """(k_min, k_max) for `num_tasks` tasks, defaults filled in; ValueError if infeasible.
+
+        Defaults for ta-per: k_min = K // (4N) and k_max = ceil(4K / N) capped at K, so no task
+        gets less than a quarter or more than four times its even share K/N.
+        """
+        k = self.batch_size
+        default_min, default_max = (k // (4 * num_tasks), min(k, -(-4 * k // num_tasks)))
+        if self.sampler != "ta-per":
+            default_min, default_max = 0, k
+        k_min = default_min if self.k_min is None else self.k_min
+        k_max = default_max if self.k_max is None else self.k_max
+        if not (num_tasks * k_min <= k <= num_tasks * k_max and k_min <= k_max):
+            raise ValueError(
+                f"k_min={k_min}, k_max={k_max} are infeasible for batch_size={k} and "
+                f"{num_tasks} tasks: need {num_tasks}*k_min <= {k} <= {num_tasks}*k_max")
+        return k_min, k_max
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        values = json.loads(text)
+        for name in ("hidden_sizes", "unique_hidden_sizes"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Config":
+        return cls.from_json((Path(run_dir) / "config.json").read_text())
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")

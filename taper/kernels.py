@@ -1,0 +1,279 @@
+"""Numba kernels of prioritized replay: sum trees, stratified prefix-sum sampling, TA-PER
+quotas (Eq. 5), importance weights (Eq. 4) and the row gather.
+
+Pure functions over numpy arrays. Randomness enters as uniforms pre-drawn by the caller. A kernel
+writes only into the arguments its docstring names as outputs (`out*`) or as updated in place.
+
+Sum-tree layout: the N trees of N tasks are the rows of one float64 array `trees` of shape
+(N, 2P), P a power of two >= capacity. Row t holds task t's tree: leaf `slot` at column
+P + slot, node i's children at 2i and 2i + 1, the root (the task's total S_t) at column 1,
+column 0 unused. Leaves hold stored priorities p^alpha; empty slots hold 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def tree_width(capacity: int) -> int:
+    """Columns of one tree row: 2P with P the smallest power of two >= capacity."""
+    leaves = 1
+    while leaves < capacity:
+        leaves *= 2
+    return 2 * leaves
+
+
+@njit(cache=True)
+def tree_update(trees, tasks, slots, values):
+    """Write leaves and restore every sum on their paths to the roots (updates `trees` in place).
+
+    trees: (N, 2P) float64; tasks, slots: (B,) int64; values: (B,) float64, the new p^alpha.
+    All B paths step up one level together (level-synchronous), each parent recomputed as the
+    sum of its two children, so no float error accumulates and repeated leaves are harmless
+    (the last write of a leaf wins).
+    """
+    leaves = trees.shape[1] // 2
+    n = tasks.shape[0]
+    nodes = np.empty(n, np.int64)
+    for j in range(n):
+        nodes[j] = leaves + slots[j]
+        trees[tasks[j], nodes[j]] = values[j]
+    level = leaves
+    while level > 1:
+        for j in range(n):
+            node = nodes[j] >> 1
+            row = tasks[j]
+            trees[row, node] = trees[row, 2 * node] + trees[row, 2 * node + 1]
+            nodes[j] = node
+        level >>= 1
+
+
+@njit(cache=True)
+def tree_rebuild(trees):
+    """Recompute every internal node of every tree from the leaves (updates `trees` in place).
+
+    The exact rebuild used after loading leaves from a checkpoint and periodically against drift.
+    """
+    leaves = trees.shape[1] // 2
+    for row in range(trees.shape[0]):
+        for node in range(leaves - 1, 0, -1):
+            trees[row, node] = trees[row, 2 * node] + trees[row, 2 * node + 1]
+
+
+@njit(cache=True)
+def descend(trees, tasks, targets, out_slots):
+    """Prefix-sum descent: out_slots[j] = the leaf of tree tasks[j] where the running sum of
+    leaves first exceeds targets[j].
+
+    trees: (N, 2P) float64; tasks: (B,) int64; targets: (B,) float64 in [0, S_task) (read only);
+    out_slots: (B,) int64. All B draws step down one level together, so the loads of one level
+    are independent and overlap in memory. A target that rounding pushes past a subtree's mass
+    never lands on an empty leaf: an empty right subtree sends the draw left.
+    """
+    leaves = trees.shape[1] // 2
+    n = tasks.shape[0]
+    mass = targets.copy()
+    for j in range(n):
+        out_slots[j] = 1
+    level = 1
+    while level < leaves:
+        for j in range(n):
+            row = tasks[j]
+            left = 2 * out_slots[j]
+            left_mass = trees[row, left]
+            if mass[j] < left_mass or trees[row, left + 1] <= 0.0:
+                out_slots[j] = left
+            else:
+                mass[j] -= left_mass
+                out_slots[j] = left + 1
+        level <<= 1
+    for j in range(n):
+        out_slots[j] -= leaves
+
+
+@njit(cache=True)
+def sample_ta_per(trees, quotas, u, out_tasks, out_slots, out_probs):
+    """TA-PER draws: quotas[i] stratified draws from task i's tree, grouped by task.
+
+    trees: (N, 2P) float64; quotas: (N,) int64 summing to K; u: (K,) uniforms in [0, 1).
+    Draw j of task i targets (j + u) * S_i / k_i, one per equal segment of the tree's mass.
+    Outputs (K,): out_tasks, out_slots int64, and out_probs float64, the probability that one
+    draw of the batch is that transition: P = (k_i / K) * p^alpha / S_i.
+    """
+    batch = u.shape[0]
+    leaves = trees.shape[1] // 2
+    targets = np.empty(batch, np.float64)
+    start = 0
+    for task in range(quotas.shape[0]):
+        k = quotas[task]
+        segment = trees[task, 1] / max(k, 1)
+        for j in range(k):
+            out_tasks[start + j] = task
+            targets[start + j] = (j + u[start + j]) * segment
+        start += k
+    descend(trees, out_tasks, targets, out_slots)
+    for j in range(batch):
+        task = out_tasks[j]
+        share = quotas[task] / batch
+        out_probs[j] = share * trees[task, leaves + out_slots[j]] / trees[task, 1]
+
+
+@njit(cache=True)
+def sample_per(trees, u, out_tasks, out_slots, out_probs):
+    """Global PER draws (Eq. 3): K stratified draws over the mass of all trees together.
+
+    Draw j targets (j + u) * S / K with S = sum of the roots; the task is found by walking the
+    roots' running sum (targets increase, so the batch comes out grouped by task), then the
+    task's tree is descended. out_probs[j] = p^alpha / S. Shapes as in `sample_ta_per`.
+    """
+    batch = u.shape[0]
+    num_tasks = trees.shape[0]
+    leaves = trees.shape[1] // 2
+    total = 0.0
+    last = 0
+    for task in range(num_tasks):
+        total += trees[task, 1]
+        if trees[task, 1] > 0.0:
+            last = task
+    targets = np.empty(batch, np.float64)
+    task = 0
+    before = 0.0
+    segment = total / batch
+    for j in range(batch):
+        target = (j + u[j]) * segment
+        while task < last and target >= before + trees[task, 1]:
+            before += trees[task, 1]
+            task += 1
+        out_tasks[j] = task
+        targets[j] = target - before
+    descend(trees, out_tasks, targets, out_slots)
+    for j in range(batch):
+        out_probs[j] = trees[out_tasks[j], leaves + out_slots[j]] / total
+
+
+@njit(cache=True)
+def sample_within_tasks(counts, quotas, u, out_tasks, out_slots):
+    """Uniform draws inside each task: quotas[i] draws from task i's counts[i] stored slots.
+
+    counts, quotas: (N,) int64; u: (K,) uniforms; outputs (K,) int64, grouped by task. Used by
+    the `average` strategy (quotas K/N) and, with multinomial quotas, by `uniform`.
+    """
+    start = 0
+    for task in range(quotas.shape[0]):
+        for j in range(quotas[task]):
+            out_tasks[start + j] = task
+            out_slots[start + j] = min(int(u[start + j] * counts[task]), counts[task] - 1)
+        start += quotas[task]
+
+
+@njit(cache=True)
+def uniform_counts(counts, u, out_quotas):
+    """Per-task counts of K iid uniform draws over all stored transitions.
+
+    counts: (N,) int64 stored per task; u: (K,) uniforms; out_quotas: (N,) int64. Draw j falls
+    in task i when floor(u_j * M) lies in task i's block of the running count (M = sum counts),
+    so the counts are multinomial(K, counts / M), exactly one uniform draw over the buffer each.
+    """
+    stored = counts.sum()
+    ends = np.cumsum(counts)
+    out_quotas[:] = 0
+    for j in range(u.shape[0]):
+        rank = min(int(u[j] * stored), stored - 1)
+        out_quotas[np.searchsorted(ends, rank, side="right")] += 1
+
+
+@njit(cache=True)
+def quotas(sums, counts, batch_size, k_min, k_max, out):
+    """TA-PER quotas (Eq. 5): k_i = clip(lambda * K * S_i / sum S, k_min, k_max), sum k_i = K.
+
+    sums: (N,) float64 tree totals S_i; counts: (N,) int64 stored per task (tasks with none get
+    0 and are left out of sum S); out: (N,) int64. lambda is found by water-filling: the
+    clipped sum is piecewise linear and non-decreasing in lambda, so the root lies between two
+    consecutive breakpoints (k_min or k_max reached by some task) and is interpolated exactly.
+    Integers: floor, then the remainder one by one to the largest fractional parts (ties to
+    the lower task id), never leaving [k_min, k_max]. The caller guarantees
+    n * k_min <= K <= n * k_max for the n tasks holding data.
+    """
+    n = sums.shape[0]
+    total = 0.0
+    for i in range(n):
+        if counts[i] > 0:
+            total += sums[i]
+    share = np.zeros(n, np.float64)
+    breaks = np.empty(2 * n, np.float64)
+    num_breaks = 0
+    for i in range(n):
+        if counts[i] > 0 and sums[i] > 0.0:
+            share[i] = batch_size * sums[i] / total
+            breaks[num_breaks] = k_min / share[i]
+            breaks[num_breaks + 1] = k_max / share[i]
+            num_breaks += 2
+    breaks = np.sort(breaks[:num_breaks])
+    lam = 0.0
+    previous, f_previous = 0.0, _clipped_sum(share, counts, 0.0, k_min, k_max)
+    if f_previous < batch_size:
+        lam = breaks[num_breaks - 1] if num_breaks > 0 else 0.0
+        for b in breaks:
+            f_b = _clipped_sum(share, counts, b, k_min, k_max)
+            if f_b >= batch_size:
+                lam = previous + (batch_size - f_previous) * (b - previous) / (f_b - f_previous)
+                break
+            previous, f_previous = b, f_b
+    fraction = np.zeros(n, np.float64)
+    remainder = batch_size
+    for i in range(n):
+        out[i] = 0
+        if counts[i] > 0:
+            x = min(max(lam * share[i], k_min), k_max)
+            whole = min(max(np.floor(x + 1e-9), k_min), k_max)
+            out[i] = int(whole)
+            fraction[i] = max(x - whole, 0.0)
+            remainder -= out[i]
+    order = np.argsort(-fraction, kind="mergesort")
+    changed = True
+    while remainder != 0 and changed:
+        changed = False
+        step = 1 if remainder > 0 else -1
+        for r in range(n):
+            i = order[r] if step > 0 else order[n - 1 - r]
+            if remainder != 0 and counts[i] > 0 and k_min <= out[i] + step <= k_max:
+                out[i] += step
+                remainder -= step
+                changed = True
+
+
+@njit(cache=True)
+def _clipped_sum(share, counts, lam, k_min, k_max):
+    """sum over tasks holding data of clip(lam * share_i, k_min, k_max)."""
+    s = 0.0
+    for i in range(share.shape[0]):
+        if counts[i] > 0:
+            s += min(max(lam * share[i], k_min), k_max)
+    return s
+
+
+@njit(cache=True)
+def is_weights(probs, stored, beta, out):
+    """Importance-sampling weights (Eq. 4): w_j = (1 / (M * P(j)))^beta / max_batch w.
+
+    probs: (K,) float64 draw probabilities P(j); stored: M, transitions in the buffer;
+    out: (K,) float32. The largest weight of the batch is 1.
+    """
+    largest = 0.0
+    for j in range(probs.shape[0]):
+        w = (stored * probs[j]) ** (-beta)
+        out[j] = w
+        largest = max(largest, w)
+    for j in range(probs.shape[0]):
+        out[j] = out[j] / largest
+
+
+@njit(cache=True)
+def gather_rows(storage, rows, out):
+    """out[j] = storage[rows[j]]: copy K packed transition rows. storage: (R, W) float32;
+    rows: (K,) int64; out: (K, W) float32."""
+    width = storage.shape[1]
+    for j in range(rows.shape[0]):
+        for c in range(width):
+            out[j, c] = storage[rows[j], c]

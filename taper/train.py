@@ -1,0 +1,485 @@
+"""The training loop (Algorithm 1), evaluation, checkpoints and metrics of a taper run.
+
+A run folder holds `config.json`, `metrics.jsonl` (one JSON object a line, `kind` in
+train / paco_reset / eval / eval_mean / timing), `checkpoint.pt` and, when tensorboard is
+importable, TensorBoard events under `tensorboard/`.
+
+Exact resume: at every evaluation point the training envs are re-seeded with a seed that is a
+function of (cfg.seed, step) only, in uninterrupted and resumed runs alike, and the checkpoint
+written there holds every other piece of state (networks, optimisers, replay, RNGs, counters).
+So a run resumed from an evaluation checkpoint continues bit for bit in deterministic CPU mode.
+A checkpoint written on SIGINT/SIGTERM between evaluations resumes with freshly re-seeded envs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from taper import suites
+from taper.config import Config
+from taper.replay import ReplayBuffer
+from taper.sac import Agent, resolve_device
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+TENSORBOARD = "tensorboard"
+PHASES = ("env", "act", "replay_add", "replay_sample", "update", "replay_update", "eval",
+          "checkpoint")
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+"""Seed streams: training-env re-seeds and evaluation-env seeds never coincide."""
+
+
+def train(cfg: Config, resume: str | Path | None = None) -> Path:
+    """Run Algorithm 1 for `cfg`, or continue the run folder `resume`; returns the run folder.
+
+    Every vector step adds one transition per task; after `learning_starts` vector steps of
+    uniform random actions, `gradient_steps` SAC updates per vector step on batches of K drawn
+    by `cfg.sampler`, each update's TD errors (Eq. 2) becoming the new priorities (Eq. 3).
+    """
+    spec = check(cfg, resume)
+    if resume is None:
+        run_dir = run_dir_for(cfg)
+        cfg = dataclasses.replace(cfg, out=str(run_dir))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(cfg.to_json())
+    else:
+        run_dir = Path(resume)
+    _configure_torch(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, device)
+    buf = make_buffer(cfg, spec)
+    state = LoopState(rng=np.random.default_rng(cfg.seed))
+    if resume is not None:
+        state = load_checkpoint(run_dir, agent, buf)
+    if state.step >= cfg.steps_per_env:
+        return run_dir
+    with contextlib.ExitStack() as stack:
+        envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed, episode_length=cfg.episode_length,
+                                   reward_version=cfg.reward_version)
+        eval_envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed + 1,
+                                        episode_length=cfg.episode_length,
+                                        reward_version=cfg.reward_version)
+        stack.callback(envs.close)
+        stack.callback(eval_envs.close)
+        log = stack.enter_context(MetricsLog(run_dir, state.metrics_offset, state.step))
+        caught = stack.enter_context(_deferred_signals())
+        _loop(cfg, spec, agent, buf, envs, eval_envs, state, log, caught, run_dir)
+    if caught:
+        signal.raise_signal(caught[0])
+    return run_dir
+
+
+def _loop(cfg, spec, agent, buf, envs, eval_envs, state, log, caught, run_dir) -> None:
+    """Algorithm 1, from `state.step` to `cfg.steps_per_env` vector steps."""
+    task_ids = np.arange(spec.num_tasks)
+    clock = Stopwatch(state.seconds)
+    obs = _reseed(envs, cfg, state.step)
+    bar = tqdm(total=cfg.steps_per_env, initial=state.step, unit="step", dynamic_ncols=True)
+    last_row = (state.step, time.perf_counter())
+    metrics: dict[str, float] = {}
+    with bar:
+        while state.step < cfg.steps_per_env:
+            with clock("act"):
+                actions = (state.rng.uniform(-1, 1, (spec.num_tasks, spec.act_dim))
+                           if state.step < cfg.learning_starts
+                           else agent.act(obs, task_ids, deterministic=False))
+            with clock("env"):
+                next_obs, rewards, terminated, _, infos = envs.step(actions)
+                true_next = suites.final_observations(next_obs, infos)
+            with clock("replay_add"):
+                buf.add(task_ids, obs, actions, rewards, true_next, terminated)
+            obs = next_obs
+            if state.step >= cfg.learning_starts:
+                for _ in range(cfg.gradient_steps):
+                    metrics = _gradient_step(cfg, agent, buf, state, clock, run_dir)
+                    if metrics.get("paco/resets", 0) > 0:
+                        log.write({"kind": "paco_reset", "step": state.step + 1,
+                                   "update": state.updates, "resets": metrics["paco/resets"]})
+            state.step += 1
+            bar.update()
+            if state.step % cfg.log_every == 0:
+                last_row = _log_train(cfg, buf, state, metrics, log, last_row)
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps_per_env:
+                with clock("eval"):
+                    result = evaluate(agent, eval_envs, spec, cfg.eval_episodes,
+                                      seed=env_seed(cfg.seed, state.step, EVAL_STREAM))
+                _log_eval(spec, state, result, log)
+                bar.set_postfix(success=f"{result['mean_success']:.2f}")
+                _checkpoint(run_dir, agent, buf, state, log, clock)
+                obs = _reseed(envs, cfg, state.step)
+            elif caught:
+                _checkpoint(run_dir, agent, buf, state, log, clock)
+            if caught:
+                bar.write(f"signal {caught[0]}: checkpoint at step {state.step} in {run_dir}; "
+                          f"continue with: taper train --resume {run_dir}")
+                return
+    log.write({"kind": "timing", "step": state.step, **clock.row(state.updates)})
+    bar.write(clock.table(state.updates))
+
+
+def _checkpoint(run_dir, agent, buf, state, log, clock) -> None:
+    """Save the loop where it stands, with the metrics offset and the timing so far."""
+    with clock("checkpoint"):
+        state.metrics_offset, state.seconds = log.offset, clock.snapshot()
+        save_checkpoint(run_dir, agent, buf, state)
+
+
+def _gradient_step(cfg, agent, buf, state, clock, run_dir) -> dict[str, float]:
+    """Sample K (IS exponent annealed), one SAC update, TD errors back as priorities."""
+    beta = min(1.0, cfg.per_beta + (1 - cfg.per_beta) * state.step / cfg.steps_per_env)
+    with clock("replay_sample"):
+        batch = buf.sample(cfg.batch_size, beta=beta)
+    with clock("update"):
+        metrics, td_errors = agent.update(batch)
+    state.updates += 1
+    _check_finite(metrics, td_errors, state, run_dir)
+    with clock("replay_update"):
+        buf.update_priorities(batch.indices, td_errors)
+    return {**metrics, "beta": beta}
+
+
+def _check_finite(metrics: dict[str, float], td_errors: np.ndarray, state: LoopState,
+                  run_dir: Path) -> None:
+    """FloatingPointError naming the first non-finite loss (or TD error) and the step."""
+    bad = [name for name, value in metrics.items()
+           if name.startswith("loss/") and not math.isfinite(value)]
+    if not bad and not np.isfinite(td_errors).all():
+        bad = ["td_error"]
+    if bad:
+        value = metrics.get(bad[0], float("nan"))
+        raise FloatingPointError(
+            f"{bad[0]} is {value} at step {state.step + 1} (update {state.updates}); the run "
+            f"stopped, the last good checkpoint ({run_dir / CHECKPOINT}) is untouched")
+
+
+def _log_train(cfg, buf, state, metrics, log, last_row) -> tuple[int, float]:
+    """A `train` row: last update's losses and per-task alpha, per-task quotas, SPS."""
+    now = time.perf_counter()
+    quotas = {f"quota/{i}": int(q) for i, q in enumerate(buf.quotas(cfg.batch_size))}
+    sps = (state.step - last_row[0]) / max(now - last_row[1], 1e-9)
+    log.write({"kind": "train", "step": state.step, "updates": state.updates,
+               "buffer": len(buf), "sps": sps, **metrics, **quotas})
+    return state.step, now
+
+
+def _log_eval(spec, state, result, log) -> None:
+    """One `eval` row per task, one `eval_mean` row; remember the best and the last."""
+    for i, task in enumerate(spec.task_names):
+        log.write({"kind": "eval", "step": state.step, "task": task, "task_id": i,
+                   "success": float(result["success"][i]), "return": float(result["return"][i])})
+    mean = {"step": state.step, "success": result["mean_success"], "return": result["mean_return"]}
+    state.last_eval = mean
+    if state.best_eval is None or mean["success"] > state.best_eval["success"]:
+        state.best_eval = mean
+    log.write({"kind": "eval_mean", **mean, "best_success": state.best_eval["success"]})
+
+
+def evaluate(agent, envs, spec, episodes: int, seed: int) -> dict:
+    """Success rate and mean return per task of the deterministic policy over `episodes` episodes.
+
+    Meta-World's metric: an episode succeeds if `success` was reached at any step. `envs` is
+    reset with `seed` first, so the result depends only on the agent and `seed`. Returns
+    {"success": (N,), "return": (N,), "mean_success": float, "mean_return": float}.
+    """
+    if episodes <= 0:
+        raise ValueError(f"episodes={episodes!r} must be a positive integer")
+    n = spec.num_tasks
+    task_ids = np.arange(n)
+    done = np.zeros(n, np.int64)
+    successes, returns = np.zeros(n), np.zeros(n)
+    ever, ret = np.zeros(n, bool), np.zeros(n)
+    obs, _ = envs.reset(seed=seed)
+    while (done < episodes).any():
+        obs, rewards, terminated, truncated, infos = envs.step(
+            agent.act(obs, task_ids, deterministic=True))
+        ever |= suites.successes(infos, n) > 0
+        ret += rewards
+        ended = (terminated | truncated) & (done < episodes)
+        successes[ended] += ever[ended]
+        returns[ended] += ret[ended]
+        done[ended] += 1
+        ever[terminated | truncated], ret[terminated | truncated] = False, 0.0
+    successes, returns = successes / episodes, returns / episodes
+    return {"success": successes, "return": returns, "mean_success": float(successes.mean()),
+            "mean_return": float(returns.mean())}
+
+
+def evaluate_run(run_dir: str | Path, episodes: int | None = None,
+                 device: str | None = None) -> tuple[suites.SuiteSpec, int, dict]:
+    """Evaluate the latest checkpoint of a run folder: (spec, its step, `evaluate` result).
+
+    Uses the evaluation seed of that step, so with the run's `eval_episodes` it reproduces the
+    run's own evaluation there.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    spec = suites.suite_spec(cfg.suite, cfg.episode_length)
+    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks,
+                  resolve_device(device or cfg.device))
+    checkpoint = _read_checkpoint(run_dir)
+    agent.load_state_dict(checkpoint["agent"])
+    envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed + 1, episode_length=cfg.episode_length,
+                               reward_version=cfg.reward_version)
+    with contextlib.closing(envs):
+        result = evaluate(agent, envs, spec, episodes or cfg.eval_episodes,
+                          seed=env_seed(cfg.seed, checkpoint["step"], EVAL_STREAM))
+    return spec, checkpoint["step"], result
+
+
+# ---------------------------------------------------------------------- set-up and validation
+def check(cfg: Config, resume: str | Path | None = None) -> suites.SuiteSpec:
+    """ValueError naming the bad value for anything a run would trip over; nothing is written.
+
+    Checks the suite, the quota bounds (Eq. 5) against K and N, the per-task capacity, the
+    device, and that a new run's folder is free / a resumed run's folder matches `cfg`.
+    """
+    spec = suites.suite_spec(cfg.suite, cfg.episode_length)
+    cfg.quota_bounds(spec.num_tasks)
+    if cfg.buffer_size < spec.num_tasks:
+        raise ValueError(f"buffer_size={cfg.buffer_size} leaves no room per task: need at least "
+                         f"one transition for each of {spec.num_tasks} tasks")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; use cpu or auto")
+    if resume is None:
+        if cfg.out is not None and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
+            raise ValueError(f"out={cfg.out!r} is not empty; continue it with resume "
+                             "(taper train --resume) or choose another folder")
+        return spec
+    saved = load_config(Path(resume))
+    changed = [f.name for f in dataclasses.fields(Config) if f.name != "out"
+               and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if changed:
+        raise ValueError(f"resume={str(resume)!r} was run with another config "
+                         f"({', '.join(changed)} differ); resume with Config.load(resume)")
+    if not (Path(resume) / CHECKPOINT).is_file():
+        raise ValueError(f"resume={str(resume)!r} has no {CHECKPOINT} to continue from")
+    return spec
+
+
+def run_dir_for(cfg: Config) -> Path:
+    """`cfg.out`, or a new folder under runs/ named by suite, method, sampler, seed and time."""
+    if cfg.out is not None:
+        return Path(cfg.out)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-",
+                  f"{cfg.suite}_{cfg.method}_{cfg.sampler}_s{cfg.seed}_"
+                  f"{time.strftime('%Y%m%d-%H%M%S')}")
+    path, n = Path("runs") / stem, 1
+    while path.exists():
+        path, n = Path("runs") / f"{stem}-{n}", n + 1
+    return path
+
+
+def auto_preset(device: torch.device) -> str:
+    """The preset that suits a device: paper on CUDA, cpu-small elsewhere."""
+    return "paper" if device.type == "cuda" else "cpu-small"
+
+
+def make_buffer(cfg: Config, spec: suites.SuiteSpec) -> ReplayBuffer:
+    """The replay buffer of `cfg`: buffer_size // N per task, quota bounds of Eq. 5 filled in."""
+    k_min, k_max = cfg.quota_bounds(spec.num_tasks)
+    return ReplayBuffer(spec.num_tasks, cfg.buffer_size // spec.num_tasks, spec.obs_dim,
+                        spec.act_dim, strategy=cfg.sampler, per_alpha=cfg.per_alpha,
+                        per_beta=cfg.per_beta, per_eps=cfg.per_eps, k_min=k_min, k_max=k_max,
+                        seed=cfg.seed)
+
+
+def env_seed(seed: int, step: int, stream: int) -> int:
+    """The seed of an env reset at `step` of the run seeded `seed`: f(seed, step) only."""
+    return int(np.random.SeedSequence([seed, stream, step]).generate_state(1)[0])
+
+
+def _reseed(envs, cfg: Config, step: int) -> np.ndarray:
+    """Reset the training envs with f(cfg.seed, step); the resume point of exact resume."""
+    obs, _ = envs.reset(seed=env_seed(cfg.seed, step, TRAIN_STREAM))
+    return obs
+
+
+def _configure_torch(cfg: Config) -> None:
+    """Deterministic mode: deterministic kernels and one CPU thread (process-wide settings)."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+
+
+def load_config(run_dir: str | Path) -> Config:
+    """The Config of a run folder; ValueError if it has none."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ValueError(f"run folder {str(run_dir)!r} has no {CONFIG}")
+    return Config.load(run_dir)
+
+
+# ---------------------------------------------------------------------- checkpoints
+@dataclass
+class LoopState:
+    """Counters and RNGs of the loop that a checkpoint saves next to the agent and replay."""
+
+    rng: np.random.Generator
+    """Draws the warm-up actions."""
+    step: int = 0
+    """Vector steps done (= environment steps per task)."""
+    updates: int = 0
+    """Gradient updates done."""
+    best_eval: dict | None = None
+    last_eval: dict | None = None
+    metrics_offset: int = 0
+    """Bytes of metrics.jsonl written when the checkpoint was taken."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Time per phase so far, carried across resumes."""
+
+
+def save_checkpoint(run_dir: Path, agent, buf: ReplayBuffer, state: LoopState) -> None:
+    """Write checkpoint.pt atomically: a temp file, fsync, os.replace over the previous one."""
+    payload = {"step": state.step, "updates": state.updates, "agent": agent.state_dict(),
+               "replay": buf.state_dict(), "rng": state.rng.bit_generator.state,
+               "torch_rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+               "best_eval": state.best_eval, "last_eval": state.last_eval,
+               "metrics_offset": state.metrics_offset, "seconds": state.seconds}
+    tmp = run_dir / f"{CHECKPOINT}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / CHECKPOINT)
+
+
+def load_checkpoint(run_dir: Path, agent, buf: ReplayBuffer) -> LoopState:
+    """Restore agent, replay and RNGs from checkpoint.pt; the loop state to continue from."""
+    checkpoint = _read_checkpoint(run_dir)
+    agent.load_state_dict(checkpoint["agent"])
+    buf.load_state_dict(checkpoint["replay"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = checkpoint["rng"]
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+    return LoopState(rng=rng, step=checkpoint["step"], updates=checkpoint["updates"],
+                     best_eval=checkpoint["best_eval"], last_eval=checkpoint["last_eval"],
+                     metrics_offset=checkpoint["metrics_offset"], seconds=checkpoint["seconds"])
+
+
+def _read_checkpoint(run_dir: Path) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"run folder {str(run_dir)!r} has no {CHECKPOINT}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """SIGINT/SIGTERM only append to the yielded list; the loop checkpoints, then returns.
+
+    `train` re-raises the signal after cleaning up, so its usual effect (KeyboardInterrupt,
+    termination) follows the checkpoint. Outside the main thread signals are left alone.
+    """
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+# ---------------------------------------------------------------------- metrics and timing
+class MetricsLog:
+    """metrics.jsonl, one JSON object a line, mirrored to TensorBoard when it is importable.
+
+    Opening truncates the file to `offset` (the bytes a resumed checkpoint had seen), and
+    TensorBoard purges events from `step` on, so a resumed run leaves no duplicate rows.
+    """
+
+    def __init__(self, run_dir: Path, offset: int, step: int) -> None:
+        path = run_dir / METRICS
+        self.file = open(path, "ab", buffering=0)
+        self.file.truncate(offset)
+        self.file.seek(offset)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=step or None)
+
+    def write(self, row: dict) -> None:
+        self.file.write((json.dumps(row) + "\n").encode())
+        if self.writer is None:
+            return
+        prefix = f"{row['kind']}/" if row["kind"] != "eval" else f"eval/{row['task']}/"
+        for key, value in row.items():
+            if key not in ("kind", "step", "task", "task_id") and isinstance(value, (int, float)):
+                self.writer.add_scalar(prefix + key, value, row["step"])
+
+    @property
+    def offset(self) -> int:
+        return self.file.tell()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Stopwatch:
+    """Seconds per phase of the loop (`PHASES`) and in total, continuing `seconds` of a resume."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = {phase: 0.0 for phase in (*PHASES, "total")} | seconds
+        self._since = time.perf_counter()
+
+    def snapshot(self) -> dict[str, float]:
+        """The seconds so far, total included."""
+        now = time.perf_counter()
+        self.seconds["total"] += now - self._since
+        self._since = now
+        return dict(self.seconds)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def row(self, updates: int) -> dict[str, float]:
+        """seconds/<phase>, share/<phase> of the total, and updates per second of update time."""
+        seconds = self.snapshot()
+        total = max(seconds["total"], 1e-9)
+        return {"seconds/total": total,
+                **{f"seconds/{p}": seconds[p] for p in PHASES},
+                **{f"share/{p}": seconds[p] / total for p in PHASES},
+                "updates": updates,
+                "updates_per_s": updates / max(seconds["update"], 1e-9)}
+
+    def table(self, updates: int) -> str:
+        row = self.row(updates)
+        lines = [f"timing over {row['seconds/total']:.1f} s ({updates} updates):"]
+        lines += [f"  {p:<14}{row[f'seconds/{p}']:9.2f} s {100 * row[f'share/{p}']:6.1f} %"
+                  for p in PHASES]
+        return "\n".join(lines)
