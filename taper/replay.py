@@ -114,10 +114,7 @@ class ReplayBuffer:
             rows[:, self._columns[name]] = value
         tasks = task_ids.astype(np.int64)
         slots = np.empty(b, np.int64)
-        for j, task in enumerate(tasks):
-            slots[j] = self.positions[task]
-            self.positions[task] = (slots[j] + 1) % self.capacity_per_task
-            self.counts[task] = min(self.counts[task] + 1, self.capacity_per_task)
+        kernels.ring_slots(tasks, self.positions, self.counts, self.capacity_per_task, slots)
         self.storage[tasks * self.capacity_per_task + slots] = rows
         if self.strategy in PRIORITIZED:
             kernels.tree_update(self.trees, tasks, slots, np.full(b, self.max_priority))
@@ -129,16 +126,23 @@ class ReplayBuffer:
         if indices.ndim != 1 or td_errors.shape != indices.shape:
             raise ValueError(f"indices {indices.shape} and td_errors {td_errors.shape} must be "
                              "1-D of the same length")
-        if not np.isfinite(td_errors).all():
-            bad = td_errors[~np.isfinite(td_errors)][0]
-            raise ValueError(f"td error {bad} is not finite; priorities need finite td errors")
-        tasks, slots = self._split(indices)
-        if self.strategy not in PRIORITIZED:
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
+        indices = indices.astype(np.int64, copy=False)
+        tasks, slots = np.empty_like(indices), np.empty_like(indices)
+        bad = kernels.split_indices(indices, self.counts, self.capacity_per_task, tasks, slots)
+        if bad >= 0:
+            raise ValueError(f"index {indices[bad]} is not a stored slot (global ids are "
+                             f"task * {self.capacity_per_task} + slot, slot < stored count)")
+        priorities = np.empty_like(td_errors)
+        bad = kernels.td_priorities(td_errors, self.per_eps, self.per_alpha, priorities)
+        if bad >= 0:
+            raise ValueError(f"td error {td_errors[bad]} is not finite; priorities need finite "
+                             "td errors")
+        if self.strategy not in PRIORITIZED or not indices.size:
             return
-        priorities = (np.abs(td_errors) + self.per_eps) ** self.per_alpha
         kernels.tree_update(self.trees, tasks, slots, priorities)
-        if priorities.size:
-            self.max_priority = max(self.max_priority, float(priorities.max()))
+        self.max_priority = max(self.max_priority, float(priorities.max()))
         self._updates += 1
         if self._updates % REBUILD_INTERVAL == 0:
             kernels.tree_rebuild(self.trees)
@@ -231,19 +235,6 @@ class ReplayBuffer:
         self.rng.bit_generator.state = state["rng"]
 
     # ------------------------------------------------------------------ validation
-    def _split(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global slot ids -> (tasks, slots); ValueError for ids outside the stored slots."""
-        if not np.issubdtype(indices.dtype, np.integer):
-            raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
-        indices = indices.astype(np.int64)
-        tasks, slots = np.divmod(indices, self.capacity_per_task)
-        bad = (indices < 0) | (tasks >= self.num_tasks)
-        bad[~bad] = slots[~bad] >= self.counts[tasks[~bad]]
-        if bad.any():
-            raise ValueError(f"index {indices[bad][0]} is not a stored slot (global ids are "
-                             f"task * {self.capacity_per_task} + slot, slot < stored count)")
-        return tasks, slots
-
     def _check_feasible(self, batch_size: int, k_min: int, k_max: int) -> None:
         n = int((self.counts > 0).sum())
         if n == 0:

@@ -70,112 +70,146 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     if state.step >= cfg.steps_per_env:
         return run_dir
     with contextlib.ExitStack() as stack:
-        envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed, episode_length=cfg.episode_length,
-                                   reward_version=cfg.reward_version)
-        eval_envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed + 1,
-                                        episode_length=cfg.episode_length,
-                                        reward_version=cfg.reward_version)
-        stack.callback(envs.close)
-        stack.callback(eval_envs.close)
+        envs = stack.enter_context(contextlib.closing(_make_envs(cfg, cfg.seed)))
+        eval_envs = stack.enter_context(contextlib.closing(_make_envs(cfg, cfg.seed + 1)))
         log = stack.enter_context(MetricsLog(run_dir, state.metrics_offset, state.step))
         caught = stack.enter_context(_deferred_signals())
-        _loop(cfg, spec, agent, buf, envs, eval_envs, state, log, caught, run_dir)
+        _loop(_Run(cfg, spec, run_dir, agent, buf, envs, eval_envs, log, state,
+                   Stopwatch(state.seconds), caught))
     if caught:
         signal.raise_signal(caught[0])
     return run_dir
 
 
-def _loop(cfg, spec, agent, buf, envs, eval_envs, state, log, caught, run_dir) -> None:
-    """Algorithm 1, from `state.step` to `cfg.steps_per_env` vector steps."""
-    task_ids = np.arange(spec.num_tasks)
-    clock = Stopwatch(state.seconds)
-    obs = _reseed(envs, cfg, state.step)
-    bar = tqdm(total=cfg.steps_per_env, initial=state.step, unit="step", dynamic_ncols=True)
-    last_row = (state.step, time.perf_counter())
-    metrics: dict[str, float] = {}
-    with bar:
+def _loop(run: _Run) -> None:
+    """Algorithm 1, from `run.state.step` to `cfg.steps_per_env` vector steps."""
+    cfg, state = run.cfg, run.state
+    obs = run.reseed()
+    with tqdm(total=cfg.steps_per_env, initial=state.step, unit="step", dynamic_ncols=True) as bar:
         while state.step < cfg.steps_per_env:
-            with clock("act"):
-                actions = (state.rng.uniform(-1, 1, (spec.num_tasks, spec.act_dim))
-                           if state.step < cfg.learning_starts
-                           else agent.act(obs, task_ids, deterministic=False))
-            with clock("env"):
-                next_obs, rewards, terminated, _, infos = envs.step(actions)
-                true_next = suites.final_observations(next_obs, infos)
-            with clock("replay_add"):
-                buf.add(task_ids, obs, actions, rewards, true_next, terminated)
-            obs = next_obs
+            actions = run.act(obs)
+            obs = run.step_and_store(obs, actions)
             if state.step >= cfg.learning_starts:
                 for _ in range(cfg.gradient_steps):
-                    metrics = _gradient_step(cfg, agent, buf, state, clock, run_dir)
-                    if metrics.get("paco/resets", 0) > 0:
-                        log.write({"kind": "paco_reset", "step": state.step + 1,
-                                   "update": state.updates, "resets": metrics["paco/resets"]})
+                    run.gradient_step()
             state.step += 1
             bar.update()
             if state.step % cfg.log_every == 0:
-                last_row = _log_train(cfg, buf, state, metrics, log, last_row)
+                run.log_train()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps_per_env:
-                with clock("eval"):
-                    result = evaluate(agent, eval_envs, spec, cfg.eval_episodes,
-                                      seed=env_seed(cfg.seed, state.step, EVAL_STREAM))
-                _log_eval(spec, state, result, log)
-                bar.set_postfix(success=f"{result['mean_success']:.2f}")
-                _checkpoint(run_dir, agent, buf, state, log, clock)
-                obs = _reseed(envs, cfg, state.step)
-            elif caught:
-                _checkpoint(run_dir, agent, buf, state, log, clock)
-            if caught:
-                bar.write(f"signal {caught[0]}: checkpoint at step {state.step} in {run_dir}; "
-                          f"continue with: taper train --resume {run_dir}")
+                bar.set_postfix(success=f"{run.evaluate():.2f}")
+                run.checkpoint()
+                obs = run.reseed()
+            elif run.caught:
+                run.checkpoint()
+            if run.caught:
+                bar.write(f"signal {run.caught[0]}: checkpoint at step {state.step} in "
+                          f"{run.run_dir}; continue with: taper train --resume {run.run_dir}")
                 return
-    log.write({"kind": "timing", "step": state.step, **clock.row(state.updates)})
-    bar.write(clock.table(state.updates))
+        run.log.write({"kind": "timing", "step": state.step, **run.clock.row(state.updates)})
+        bar.write(run.clock.table(state.updates))
 
 
-def _checkpoint(run_dir, agent, buf, state, log, clock) -> None:
-    """Save the loop where it stands, with the metrics offset and the timing so far."""
-    with clock("checkpoint"):
-        state.metrics_offset, state.seconds = log.offset, clock.snapshot()
-        save_checkpoint(run_dir, agent, buf, state)
+@dataclass
+class _Run:
+    """What one run's loop works on; each method is one line of Algorithm 1."""
 
+    cfg: Config
+    spec: suites.SuiteSpec
+    run_dir: Path
+    agent: Agent
+    buf: ReplayBuffer
+    envs: object
+    eval_envs: object
+    log: MetricsLog
+    state: LoopState
+    clock: Stopwatch
+    caught: list[int]
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The last update's metrics, for the next train row."""
+    last_row: tuple[int, float] = (0, 0.0)
+    """(step, time) of the last train row, for steps per second."""
 
-def _gradient_step(cfg, agent, buf, state, clock, run_dir) -> dict[str, float]:
-    """Sample K (IS exponent annealed), one SAC update, TD errors back as priorities."""
-    beta = min(1.0, cfg.per_beta + (1 - cfg.per_beta) * state.step / cfg.steps_per_env)
-    with clock("replay_sample"):
-        batch = buf.sample(cfg.batch_size, beta=beta)
-    with clock("update"):
-        metrics, td_errors = agent.update(batch)
-    state.updates += 1
-    _check_finite(metrics, td_errors, state, run_dir)
-    with clock("replay_update"):
-        buf.update_priorities(batch.indices, td_errors)
-    return {**metrics, "beta": beta}
+    def __post_init__(self) -> None:
+        self.task_ids = np.arange(self.spec.num_tasks)
+        self.last_row = (self.state.step, time.perf_counter())
 
+    def reseed(self) -> np.ndarray:
+        """Reset the training envs with f(cfg.seed, step): the resume point of exact resume."""
+        obs, _ = self.envs.reset(seed=env_seed(self.cfg.seed, self.state.step, TRAIN_STREAM))
+        return obs
 
-def _check_finite(metrics: dict[str, float], td_errors: np.ndarray, state: LoopState,
-                  run_dir: Path) -> None:
-    """FloatingPointError naming the first non-finite loss (or TD error) and the step."""
-    bad = [name for name, value in metrics.items()
-           if name.startswith("loss/") and not math.isfinite(value)]
-    if not bad and not np.isfinite(td_errors).all():
-        bad = ["td_error"]
-    if bad:
-        value = metrics.get(bad[0], float("nan"))
-        raise FloatingPointError(
-            f"{bad[0]} is {value} at step {state.step + 1} (update {state.updates}); the run "
-            f"stopped, the last good checkpoint ({run_dir / CHECKPOINT}) is untouched")
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Uniform random actions during warm-up, then a ~ pi(.|s, task)."""
+        with self.clock("act"):
+            if self.state.step < self.cfg.learning_starts:
+                return self.state.rng.uniform(-1, 1, (self.spec.num_tasks, self.spec.act_dim))
+            return self.agent.act(obs, self.task_ids, deterministic=False)
 
+    def step_and_store(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Step every task's env, store (s, a, r, s', terminated) per task; the next obs.
 
-def _log_train(cfg, buf, state, metrics, log, last_row) -> tuple[int, float]:
-    """A `train` row: last update's losses and per-task alpha, per-task quotas, SPS."""
-    now = time.perf_counter()
-    quotas = {f"quota/{i}": int(q) for i, q in enumerate(buf.quotas(cfg.batch_size))}
-    sps = (state.step - last_row[0]) / max(now - last_row[1], 1e-9)
-    log.write({"kind": "train", "step": state.step, "updates": state.updates,
-               "buffer": len(buf), "sps": sps, **metrics, **quotas})
-    return state.step, now
+        s' is the true last observation where an episode ended; a time-limit truncation is not
+        terminal, so it is not stored as done.
+        """
+        with self.clock("env"):
+            next_obs, rewards, terminated, _, infos = self.envs.step(actions)
+            true_next = suites.final_observations(next_obs, infos)
+        with self.clock("replay_add"):
+            self.buf.add(self.task_ids, obs, actions, rewards, true_next, terminated)
+        return next_obs
+
+    def gradient_step(self) -> None:
+        """Sample K (IS exponent beta annealed to 1), one SAC update, TD errors as priorities."""
+        cfg, state = self.cfg, self.state
+        beta = min(1.0, cfg.per_beta + (1 - cfg.per_beta) * state.step / cfg.steps_per_env)
+        with self.clock("replay_sample"):
+            batch = self.buf.sample(cfg.batch_size, beta=beta)
+        with self.clock("update"):
+            metrics, td_errors = self.agent.update(batch)
+        state.updates += 1
+        self.check_finite(metrics, td_errors)
+        with self.clock("replay_update"):
+            self.buf.update_priorities(batch.indices, td_errors)
+        self.metrics = {**metrics, "beta": beta}
+        if metrics.get("paco/resets", 0) > 0:
+            self.log.write({"kind": "paco_reset", "step": state.step + 1,
+                            "update": state.updates, "resets": metrics["paco/resets"]})
+
+    def check_finite(self, metrics: dict[str, float], td_errors: np.ndarray) -> None:
+        """FloatingPointError naming the first non-finite loss (or TD error) and the step."""
+        bad = [name for name, value in metrics.items()
+               if name.startswith("loss/") and not math.isfinite(value)]
+        if not bad and not np.isfinite(td_errors).all():
+            bad = ["td_error"]
+        if bad:
+            raise FloatingPointError(
+                f"{bad[0]} is {metrics.get(bad[0], float('nan'))} at step {self.state.step + 1} "
+                f"(update {self.state.updates}); the run stopped, the last good checkpoint "
+                f"({self.run_dir / CHECKPOINT}) is untouched")
+
+    def log_train(self) -> None:
+        """A `train` row: the last update's losses and per-task alpha, per-task quotas, SPS."""
+        now, step = time.perf_counter(), self.state.step
+        quotas = {f"quota/{i}": int(q) for i, q in enumerate(self.buf.quotas(self.cfg.batch_size))}
+        sps = (step - self.last_row[0]) / max(now - self.last_row[1], 1e-9)
+        self.log.write({"kind": "train", "step": step, "updates": self.state.updates,
+                        "buffer": len(self.buf), "sps": sps, **self.metrics, **quotas})
+        self.last_row = (step, now)
+
+    def evaluate(self) -> float:
+        """Evaluate on the separate env set, log the rows; the mean success."""
+        with self.clock("eval"):
+            result = evaluate(self.agent, self.eval_envs, self.spec, self.cfg.eval_episodes,
+                              seed=env_seed(self.cfg.seed, self.state.step, EVAL_STREAM))
+        _log_eval(self.spec, self.state, result, self.log)
+        return result["mean_success"]
+
+    def checkpoint(self) -> None:
+        """Save the loop where it stands, with the metrics offset and the timing so far."""
+        with self.clock("checkpoint"):
+            self.state.metrics_offset, self.state.seconds = self.log.offset, self.clock.snapshot()
+            save_checkpoint(self.run_dir, self.agent, self.buf, self.state)
 
 
 def _log_eval(spec, state, result, log) -> None:
@@ -234,9 +268,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
                   resolve_device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
-    envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed + 1, episode_length=cfg.episode_length,
-                               reward_version=cfg.reward_version)
-    with contextlib.closing(envs):
+    with contextlib.closing(_make_envs(cfg, cfg.seed + 1)) as envs:
         result = evaluate(agent, envs, spec, episodes or cfg.eval_episodes,
                           seed=env_seed(cfg.seed, checkpoint["step"], EVAL_STREAM))
     return spec, checkpoint["step"], result
@@ -304,10 +336,10 @@ def env_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream, step]).generate_state(1)[0])
 
 
-def _reseed(envs, cfg: Config, step: int) -> np.ndarray:
-    """Reset the training envs with f(cfg.seed, step); the resume point of exact resume."""
-    obs, _ = envs.reset(seed=env_seed(cfg.seed, step, TRAIN_STREAM))
-    return obs
+def _make_envs(cfg: Config, seed: int):
+    envs, _ = suites.make_envs(cfg.suite, seed=seed, episode_length=cfg.episode_length,
+                               reward_version=cfg.reward_version)
+    return envs
 
 
 def _configure_torch(cfg: Config) -> None:

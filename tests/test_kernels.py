@@ -30,21 +30,23 @@ def make_trees(leaf_rows: list[list[float]], capacity: int) -> np.ndarray:
 def assert_tree_consistent(trees: np.ndarray, leaf_rows: np.ndarray) -> None:
     """Every internal node equals the naive sum of the leaves below it (1e-9 relative)."""
     width = trees.shape[1] // 2
+    f = kernels.FANOUT
     for task in range(trees.shape[0]):
         leaves = np.zeros(width)
         leaves[:leaf_rows.shape[1]] = leaf_rows[task]
-        level_start, size = width, 1
-        while level_start > 1:
-            level_start //= 2
-            size *= 2
-            for node in range(level_start, 2 * level_start):
-                first = (node - level_start) * size
-                expected = math.fsum(leaves[first:first + size])
+        level, span = width // f, f
+        while level >= 1:
+            for node in range(level, 2 * level):
+                first = (node - level) * span
+                expected = math.fsum(leaves[first:first + span])
                 assert trees[task, node] == pytest.approx(expected, rel=1e-9, abs=1e-300)
+            level, span = level // f, span * f
 
 
-@pytest.mark.parametrize("capacity, width", [(1, 2), (2, 4), (3, 8), (8, 16), (100_000, 262_144)])
-def test_tree_width_is_twice_the_next_power_of_two(capacity, width):
+@pytest.mark.parametrize("capacity, width", [(1, 2), (2, 16), (8, 16), (9, 128), (64, 128),
+                                             (100_000, 524_288)])
+def test_tree_width_is_twice_the_next_power_of_the_fanout(capacity, width):
+    assert kernels.FANOUT == 8
     assert kernels.tree_width(capacity) == width
 
 
@@ -73,7 +75,7 @@ def test_rebuild_restores_exact_sums_from_leaves(rows):
     leaves = np.array([r + [0.0] * (capacity - len(r)) for r in rows])
     trees = np.zeros((len(rows), kernels.tree_width(capacity)))
     trees[:, trees.shape[1] // 2:][:, :capacity] = leaves
-    trees[:, 1:trees.shape[1] // 2] = 12345.0  # stale internal nodes
+    trees[:, 1:trees.shape[1] // 2] = 12345.0  # stale internal nodes (and unused columns)
     kernels.tree_rebuild(trees)
     assert_tree_consistent(trees, leaves)
 

@@ -1,0 +1,170 @@
+"""Milliseconds per `Agent.update` for mtsac / paco / taper, and grouped vs general compositional paths.
+
+    python benchmarks/bench_update.py                       # cpu-small and paper sizes, CPU
+    python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
+
+Rows, per size:
+- update/<method>: one `Agent.update` on a batch grouped by task (average sampler: K/N rows per
+  task, contiguous), compositional layers on the grouped path (the default);
+- update/<method>/general: the same batch, compositional layers on the general path;
+- update/<method>/uniform: an ungrouped batch (uniform sampler, random task order), sorted by
+  task on the host and run on the grouped path;
+- update/<method>/uniform-general: the ungrouped batch on the general path, no sort;
+- act/<method>[/general]: one `Agent.act` on one observation per task (a vector env step);
+- layer/{grouped,general}: forward + backward of one hidden compositional layer of the twin
+  critics (E = 2, Kp sets), on the grouped batch.
+Timings are medians over interleaved repetitions; "x mtsac" is the ratio to update/mtsac (to
+act/mtsac for act rows, to layer/grouped for layer rows) in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from taper.config import Config  # noqa: E402
+from taper.networks import CompositionalLinear, task_groups  # noqa: E402
+from taper.sac import Agent, resolve_device  # noqa: E402
+
+SIZES = {"cpu-small": dict(hidden_sizes=(128, 128), batch_size=256),
+         "paper": dict(hidden_sizes=(400, 400, 400), batch_size=1280)}
+
+
+class Batch(NamedTuple):
+    """Same fields as taper.replay.Batch (kept here so the benchmark needs only sac/networks)."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_observations: np.ndarray
+    dones: np.ndarray
+    task_ids: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+
+
+def make_batch(rng: np.random.Generator, task_ids: np.ndarray, obs_dim: int,
+               act_dim: int) -> Batch:
+    k = task_ids.shape[0]
+    return Batch(rng.normal(size=(k, obs_dim)).astype(np.float32),
+                 rng.uniform(-1, 1, (k, act_dim)).astype(np.float32),
+                 rng.normal(size=k).astype(np.float32),
+                 rng.normal(size=(k, obs_dim)).astype(np.float32),
+                 (rng.random(k) < 0.01).astype(np.float32), task_ids.astype(np.int64),
+                 np.arange(k, dtype=np.int64), rng.uniform(0.5, 1, k).astype(np.float32))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(cases: dict, repeats: int, warmup: int, device: torch.device,
+                     clock=time.perf_counter) -> dict:
+    """Median milliseconds of each zero-argument callable, repetitions interleaved across cases."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            synchronize(device)
+            start = clock()
+            fn()
+            synchronize(device)
+            times[name].append((clock() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> list[tuple]:
+    rng = np.random.default_rng(args.seed)
+    spec = SIZES[size]
+    k, n = spec["batch_size"], args.num_tasks
+    grouped_ids = np.repeat(np.arange(n), -(-k // n))[:k]
+    uniform_ids = rng.integers(0, n, k)
+    grouped = make_batch(rng, grouped_ids, args.obs_dim, args.act_dim)
+    uniform = make_batch(rng, uniform_ids, args.obs_dim, args.act_dim)
+    vector_obs = rng.normal(size=(n, args.obs_dim)).astype(np.float32)
+    vector_ids = np.arange(n)
+
+    cases = {}
+    for method in args.methods:
+        cfg = Config(method=method, seed=args.seed, hidden_sizes=spec["hidden_sizes"],
+                     batch_size=k, num_param_sets=args.num_param_sets)
+        agent = Agent(cfg, args.obs_dim, args.act_dim, n, device)
+        cases[f"update/{method}"] = lambda a=agent: a.update(grouped)
+        cases[f"act/{method}"] = lambda a=agent: a.act(vector_obs, vector_ids, False)
+        if method != "mtsac":
+            general = Agent(cfg, args.obs_dim, args.act_dim, n, device, grouped=False)
+            cases[f"update/{method}/general"] = lambda a=general: a.update(grouped)
+            cases[f"update/{method}/uniform"] = lambda a=agent: a.update(uniform)
+            cases[f"update/{method}/uniform-general"] = lambda a=general: a.update(uniform)
+            cases[f"act/{method}/general"] = lambda a=general: a.act(vector_obs, vector_ids, False)
+
+    width = spec["hidden_sizes"][0]
+    layer = CompositionalLinear(width, width, ensemble=2, num_sets=args.num_param_sets).to(device)
+    w = torch.rand(n, args.num_param_sets, device=device, requires_grad=True)
+    x = torch.randn(2, k, width, device=device, requires_grad=True)
+    ids = torch.from_numpy(grouped_ids)
+    paths = {"grouped": task_groups(ids, n, device, grouped=True),
+             "general": task_groups(ids, n, device, grouped=False)}
+
+    def layer_step(groups):
+        layer(x, w, groups).square().sum().backward()
+
+    for name, groups in paths.items():
+        cases[f"layer/{name}"] = lambda g=groups: layer_step(g)
+
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ms = time_interleaved(cases, args.repeats, args.warmup, device, clock)
+    rows = []
+    for name, value in ms.items():
+        kind = name.split("/")[0]
+        base = {"update": "update/mtsac", "act": "act/mtsac", "layer": "layer/grouped"}[kind]
+        ratio = value / ms[base] if base in ms else float("nan")
+        rows.append((size, name, value, ratio))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--methods", nargs="+", default=["mtsac", "paco", "taper"],
+                        choices=["mtsac", "paco", "taper"])
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--num-tasks", type=int, default=10)
+    parser.add_argument("--obs-dim", type=int, default=39)
+    parser.add_argument("--act-dim", type=int, default=4)
+    parser.add_argument("--num-param-sets", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: perf_counter; cpu: process CPU time, steadier on a shared "
+                             "machine (CPU device only; counts every thread's time)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"tasks={args.num_tasks} obs={args.obs_dim} act={args.act_dim} "
+          f"Kp={args.num_param_sets} repeats={args.repeats} clock={args.clock}")
+    print(f"{'size':<10} {'case':<32} {'ms':>10} {'x base':>8}")
+    for size in args.sizes:
+        for size_name, name, value, ratio in bench_size(size, args, device):
+            print(f"{size_name:<10} {name:<32} {value:>10.2f} {ratio:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Multi-task SAC: the losses as pure functions, and the `Agent` that chains them.
+
+One update, top to bottom (`Agent.update`), all losses from the same parameters, one backward,
+then every optimizer steps (as PaCo's code does):
+
+    a' ~ pi(.|s'),  y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s'))
+    critic  = w_IS * sum_j (Q_j(s, a) - y)^2                   (IS-weighted; td error, Eq. 2:
+                                                                 mean_j |y - Q_j(s, a)|)
+    actor   = alpha_i log pi(a~|s) - min_j Q_j(s, a~),   a~ ~ pi(.|s), critics frozen
+    alpha   = -log alpha_i (log pi(a~|s) - |A|)                 (per task, target entropy -|A|)
+    + the method's own: PaCo masks the samples of tasks whose mean unweighted loss exceeds
+      `extreme_loss_threshold` and resets their w afterwards; taper adds the triplet loss (Eq. 1).
+
+Randomness (policy noise, PaCo resets, triplet draws) comes from one torch generator on the
+device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
+`torch.manual_seed(cfg.seed)` in a forked RNG, so they do not depend on the global state.
+The update makes one device-to-host transfer: metrics and td errors together.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from taper.config import Config
+from taper.networks import TaskGroups, make_method, task_groups
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+"""Range of the policy's log standard deviation (tanh-rescaled, as in CleanRL)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda if available else cpu; "cpu"/"cuda" as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def squashed_gaussian(out: Tensor, generator: torch.Generator,
+                      deterministic: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Tanh-Gaussian policy head: (B, 2A) network output -> (action (B, A), log pi (B,) or None).
+
+    deterministic: tanh(mean), no draw, no log-prob. Otherwise a reparameterised draw
+    tanh(mean + std * eps) with the change-of-variables correction
+    log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)).
+    """
+    mean, raw = out.chunk(2, dim=-1)
+    if deterministic:
+        return torch.tanh(mean), None
+    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    pre = mean + log_std.exp() * eps
+    log_prob = (-0.5 * eps.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+    log_prob = log_prob - (2.0 * (math.log(2.0) - pre - nn.functional.softplus(-2.0 * pre))).sum(dim=-1)
+    return torch.tanh(pre), log_prob
+
+
+def soft_target(next_q: Tensor, next_log_pi: Tensor, alpha: Tensor, rewards: Tensor,
+                dones: Tensor, gamma: float) -> Tensor:
+    """y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s')); shapes (2, K), (K,)."""
+    value = next_q.min(dim=0).values - alpha * next_log_pi
+    return rewards + gamma * (1.0 - dones) * value
+
+
+def critic_loss(q: Tensor, target: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-sample IS-weighted loss w_IS * sum_j (Q_j - y)^2, shape (K,); q (2, K), y and w_IS (K,).
+
+    info: "td_error" (K,) = mean_j |y - Q_j| (Eq. 2, the new priorities) and "squared_error"
+    (K,) = the unweighted loss, both detached.
+    """
+    td = target - q
+    squared = td.square().sum(dim=0)
+    info = {"td_error": td.detach().abs().mean(dim=0), "squared_error": squared.detach()}
+    return weights * squared, info
+
+
+def actor_loss(q_pi: Tensor, log_pi: Tensor, alpha: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-sample alpha_i log pi(a~|s) - min_j Q_j(s, a~), shape (K,); q_pi (2, K) from frozen critics."""
+    return alpha * log_pi - q_pi.min(dim=0).values, {"entropy": -log_pi.detach()}
+
+
+def alpha_loss(log_alpha: Tensor, log_pi: Tensor,
+               target_entropy: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-sample -log alpha_i (log pi + target_entropy), shape (K,); gradient reaches log alpha only."""
+    return -log_alpha * (log_pi.detach() + target_entropy), {}
+
+
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam, fused where this torch has the fused kernel for the device (CPU: torch >= 2.4)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(params, lr=lr)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Forward passes inside record no gradient for `module`'s parameters (inputs still get one)."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
+
+
+class Agent:
+    """SAC learner for `cfg.method` (mtsac, paco, taper); see the module docstring for the update.
+
+    grouped: compositional layers take the grouped path (ungrouped batches and observations are
+    sorted by task on the host first, results returned in the original order); False: the
+    general path on rows as given. Both give the same numbers; grouped is faster
+    (benchmarks/bench_update.py).
+    """
+
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, num_tasks: int,
+                 device: torch.device | str, *, grouped: bool = True) -> None:
+        for name, value in (("obs_dim", obs_dim), ("act_dim", act_dim), ("num_tasks", num_tasks)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        self.cfg = cfg
+        self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
+        self.device = torch.device(device)
+        self.grouped = grouped
+        self.target_entropy = -float(act_dim)
+        if cfg.deterministic:
+            if self.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.method = make_method(cfg, obs_dim, num_tasks)
+            self.actor = self.method.body(self.method.feature_dim, 2 * act_dim, ensemble=1)
+            self.critic = self.method.body(self.method.feature_dim + act_dim, 1, ensemble=2)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        for module in (self.method, self.actor, self.critic, self.critic_target):
+            module.to(self.device)
+        init = min(max(math.log(cfg.init_temperature), cfg.log_alpha_min), cfg.log_alpha_max)
+        self.log_alpha = nn.Parameter(torch.full((num_tasks,), init, device=self.device))
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed)
+
+        groups = {"actor": (list(self.actor.parameters()), cfg.lr),
+                  "critic": (list(self.critic.parameters()), cfg.lr),
+                  "alpha": ([self.log_alpha], cfg.alpha_lr),
+                  **self.method.optimizer_groups(cfg)}
+        self.optimizers = {name: _adam(params, lr) for name, (params, lr) in groups.items()}
+        self._target_pairs = (list(self.critic_target.parameters()),
+                              list(self.critic.parameters()))
+
+    # ---- host <-> device -------------------------------------------------------------------
+
+    def _groups(self, task_ids: np.ndarray) -> tuple[TaskGroups, np.ndarray | None]:
+        """TaskGroups of the rows, and the permutation that sorted them by task (None: as given)."""
+        ids = np.asarray(task_ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"task_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        order = None
+        if self.grouped and ids.size > 1 and not bool(np.all(ids[1:] >= ids[:-1])):
+            order = np.argsort(ids, kind="stable")
+            ids = ids[order]
+        groups = task_groups(torch.from_numpy(ids.astype(np.int64)), self.num_tasks,
+                             self.device, grouped=self.grouped)
+        return groups, order
+
+    def _stage(self, batch) -> tuple[tuple[Tensor, ...], TaskGroups, np.ndarray | None]:
+        """Batch -> (obs, actions, rewards, next_obs, dones, weights) on the device, in one copy."""
+        groups, order = self._groups(batch.task_ids)
+        k = groups.ids.shape[0]
+        o, a = self.obs_dim, self.act_dim
+        columns = (("observations", (k, o)), ("actions", (k, a)), ("rewards", (k,)),
+                   ("next_observations", (k, o)), ("dones", (k,)), ("weights", (k,)))
+        packed = np.empty((k, 2 * o + a + 3), dtype=np.float32)
+        start = 0
+        for name, shape in columns:
+            array = np.asarray(getattr(batch, name))
+            if array.shape != shape:
+                raise ValueError(f"batch.{name} has shape {array.shape}, expected {shape}")
+            width = shape[1] if len(shape) == 2 else 1
+            rows = array if order is None else array[order]
+            packed[:, start:start + width] = rows.reshape(k, width)
+            start += width
+        data = torch.from_numpy(packed).to(self.device, non_blocking=True)
+        obs, actions, rewards, next_obs, dones, weights = data.split((o, a, 1, o, 1, 1), dim=1)
+        return ((obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1),
+                 weights.squeeze(1)), groups, order)
+
+    # ---- acting ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray, task_ids: np.ndarray,
+            deterministic: bool) -> np.ndarray:
+        """(B, obs_dim) states of tasks `task_ids` -> (B, act_dim) float32 actions in [-1, 1]."""
+        obs = np.asarray(observations, dtype=np.float32)
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"observations has shape {obs.shape}, expected (B, {self.obs_dim})")
+        if np.shape(task_ids) != obs.shape[:1]:
+            raise ValueError(f"task_ids has shape {np.shape(task_ids)}, expected {obs.shape[:1]}")
+        groups, order = self._groups(task_ids)
+        if order is not None:
+            obs = obs[order]
+        features, _ = self.method.features(torch.from_numpy(obs).to(self.device), groups)
+        out = self.actor(features, self.method.task_weights(), groups)[0]
+        actions = squashed_gaussian(out, self.generator, deterministic)[0].cpu().numpy()
+        if order is None:
+            return actions
+        result = np.empty_like(actions)
+        result[order] = actions
+        return result
+
+    # ---- learning ----------------------------------------------------------------------------
+
+    def update(self, batch) -> tuple[dict[str, float], np.ndarray]:
+        """One gradient step of every network on `batch` -> (metrics, td errors (K,) float64, Eq. 2).
+
+        td errors come in the batch's row order. Metrics: loss/critic, loss/actor, loss/alpha,
+        alpha/<task>, stats/q, stats/entropy, stats/td_error; paco and taper add paco/resets
+        and paco/reset/<task> = 1.0 for each task reset this step; taper adds loss/triplet and
+        triplet/active_fraction.
+        """
+        (obs, actions, rewards, next_obs, dones, weights), groups, order = self._stage(batch)
+        cfg, method, gen = self.cfg, self.method, self.generator
+        w = method.task_weights()
+        log_alpha = groups.one_hot @ self.log_alpha                    # (K,) the row's task
+        alpha = log_alpha.detach().exp()
+
+        with torch.no_grad():
+            next_features, _ = method.features(next_obs, groups)
+            next_actions, next_log_pi = squashed_gaussian(
+                self.actor(next_features, w, groups)[0], gen)
+            next_q = self.critic_target(torch.cat([next_features, next_actions], dim=-1),
+                                        w, groups).squeeze(-1)
+            target = soft_target(next_q, next_log_pi, alpha, rewards, dones, cfg.gamma)
+
+        features, unique = method.features(obs, groups)
+        q = self.critic(torch.cat([features, actions], dim=-1), w, groups).squeeze(-1)
+        critic, critic_info = critic_loss(q, target, weights)
+        actions_pi, log_pi = squashed_gaussian(self.actor(features, w, groups)[0], gen)
+        with frozen(self.critic):
+            q_pi = self.critic(torch.cat([features.detach(), actions_pi], dim=-1),
+                               None if w is None else w.detach(), groups).squeeze(-1)
+        actor, actor_info = actor_loss(q_pi, log_pi, alpha)
+        temperature, _ = alpha_loss(log_alpha, log_pi, self.target_entropy)
+
+        extreme = method.extreme_tasks(critic_info["squared_error"] + actor + temperature, groups)
+        if extreme is None:
+            losses = (critic.mean(), actor.mean(), temperature.mean())
+        else:
+            keep = groups.one_hot @ (~extreme).to(critic.dtype)
+            losses = ((critic * keep).mean(), (actor * keep).mean(), (temperature * keep).mean())
+        total = losses[0] + losses[1] + losses[2]
+        auxiliary = method.auxiliary_loss(unique, groups, gen)
+        if auxiliary is not None:
+            total = total + auxiliary[0]
+
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        with torch.no_grad():
+            self.log_alpha.clamp_(cfg.log_alpha_min, cfg.log_alpha_max)
+            torch._foreach_lerp_(self._target_pairs[0], self._target_pairs[1], cfg.tau)
+            if extreme is not None:
+                method.reset_tasks(extreme, gen)
+
+        names = ["loss/critic", "loss/actor", "loss/alpha", "stats/q", "stats/entropy",
+                 "stats/td_error"]
+        values = [*losses, q.detach().mean(), actor_info["entropy"].mean(),
+                  critic_info["td_error"].mean()]
+        if auxiliary is not None:
+            names += list(auxiliary[1])
+            values += list(auxiliary[1].values())
+        tail = [self.log_alpha.detach().exp()]
+        if extreme is not None:
+            tail.append(extreme.to(critic.dtype))
+        tail.append(critic_info["td_error"])
+        host = torch.cat([torch.stack(values).detach(), *tail]).cpu().numpy().astype(np.float64)
+
+        metrics = {name: float(v) for name, v in zip(names, host)}
+        t, at = self.num_tasks, len(names)
+        metrics.update({f"alpha/{i}": float(v) for i, v in enumerate(host[at:at + t])})
+        if extreme is not None:
+            flags = host[at + t:at + 2 * t]
+            metrics["paco/resets"] = float(flags.sum())
+            metrics.update({f"paco/reset/{i}": 1.0 for i in np.flatnonzero(flags)})
+        td = host[-groups.ids.shape[0]:]
+        if order is not None:
+            unsorted = np.empty_like(td)
+            unsorted[order] = td
+            td = unsorted
+        return metrics, td
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Networks, target critics, log alpha, optimizers and the generator: torch.save-able."""
+        return {"method": self.method.state_dict(), "actor": self.actor.state_dict(),
+                "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(),
+                "log_alpha": self.log_alpha.detach().clone(),
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.generator.set_state(state["generator"])

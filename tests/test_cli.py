@@ -1,0 +1,118 @@
+"""`taper train` and `taper eval`: options onto Config, presets by machine, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from taper import train as train_module
+from taper.cli import main
+
+TINY = ["--suite", "mt1:reach-v3", "--steps-per-env", "100", "--learning-starts", "20",
+        "--eval-every", "50", "--eval-episodes", "2", "--episode-length", "25",
+        "--batch-size", "16", "--buffer-size", "1000", "--hidden-sizes", "16"]
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace the run itself: record the Config the command would train."""
+    configs = []
+    monkeypatch.setattr(train_module, "train",
+                        lambda cfg, resume=None: configs.append(cfg) or cfg.out)
+    return configs
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--suite", "mt11"], "mt11"),
+    (["--suite", "gym:"], "gym:"),
+    (["--method", "sac"], "sac"),
+    (["--sampler", "rank"], "rank"),
+    (["--steps-per-env", "-5"], "-5"),
+    (["--batch-size", "0"], "batch_size=0"),
+    (["--batch-size", "64", "--k-min", "10"], "k_min=10"),
+    (["--batch-size", "64", "--k-max", "3"], "k_max=3"),
+    (["--eval-every", "-1"], "eval_every=-1"),
+    (["--hidden-sizes", "400,x"], "400,x"),
+    (["--preset", "huge"], "huge"),
+])
+def test_bad_values_exit_2_name_the_value_and_write_nothing(tmp_path, monkeypatch, args, named):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "--suite", "mt10-rand", *args])
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+    assert result.output.count("Error") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_takes_no_other_options(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path), "--seed", "3"])
+    assert result.exit_code == 2 and "--seed" in result.output
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "config.json" in result.output
+
+
+def test_suite_alone_picks_the_preset_of_the_machine(tmp_path, monkeypatch, captured):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["train", "--suite", "mt10-rand"])
+    assert result.exit_code == 0, result.output
+    cfg = captured[-1]
+    assert (cfg.preset, cfg.batch_size, cfg.hidden_sizes) == ("cpu-small", 256, (128, 128))
+    assert "preset cpu-small" in result.output and "device cpu" in result.output
+    assert cfg.out.startswith("runs/mt10-rand_taper_ta-per_s0_") and cfg.out in result.output
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    result = CliRunner().invoke(main, ["train", "--suite", "mt10-rand", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    assert (captured[-1].preset, captured[-1].batch_size, captured[-1].seed) == ("paper", 1280, 4)
+    assert "preset paper" in result.output and "device cuda" in result.output
+
+
+def test_options_map_onto_config(tmp_path, captured):
+    args = ["train", *TINY, "--method", "paco", "--sampler", "average", "--seed", "7",
+            "--k-min", "1", "--k-max", "16", "--gradient-steps", "2", "--log-every", "5",
+            "--deterministic", "--device", "cpu", "--preset", "paper", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    cfg = captured[-1]
+    assert (cfg.suite, cfg.method, cfg.sampler, cfg.seed, cfg.preset) == (
+        "mt1:reach-v3", "paco", "average", 7, "paper")
+    assert (cfg.steps_per_env, cfg.learning_starts, cfg.eval_every, cfg.eval_episodes) == (
+        100, 20, 50, 2)
+    assert (cfg.episode_length, cfg.batch_size, cfg.buffer_size, cfg.hidden_sizes) == (
+        25, 16, 1000, (16,))
+    assert (cfg.k_min, cfg.k_max, cfg.gradient_steps, cfg.log_every, cfg.deterministic) == (
+        1, 16, 2, 5, True)
+    assert (cfg.device, cfg.out) == ("cpu", str(tmp_path / "r"))
+
+
+@pytest.mark.slow
+def test_train_then_eval_prints_per_task_success(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file() and (out / "checkpoint.pt").is_file()
+    assert "timing over" in result.output
+
+    result = CliRunner().invoke(main, ["eval", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "step 100" in lines[0]
+    assert lines[2].split()[0] == "reach-v3" and lines[3].split()[0] == "mean"
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "eval"][-1]
+    assert float(lines[2].split()[1]) == pytest.approx(last["success"])
+    assert float(lines[2].split()[2]) == pytest.approx(last["return"], abs=0.05)
+
+    result = CliRunner().invoke(main, ["eval", str(out), "--episodes", "0"])
+    assert result.exit_code == 2 and "0" in result.output
+
+
+def test_out_folder_in_use_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["train", *TINY, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "not empty" in result.output
