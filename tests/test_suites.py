@@ -79,7 +79,7 @@ def test_unknown_suite_raises_naming_it(suite):
 
 
 def test_env_i_runs_task_i(mt10_fixed):
-    tasks = [type(env) for env in mt10_fixed.get_attr("unwrapped")]
+    tasks = [type(env) for env in mt10_fixed.unwrapped.get_attr("unwrapped")]
     assert tasks == [suites.env_dict.ALL_V3_ENVIRONMENTS[name] for name in PACO_MT10]
 
 
