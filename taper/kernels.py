@@ -62,11 +62,12 @@ def split_indices(indices, counts, capacity, out_tasks, out_slots):
 @njit(cache=True)
 def td_priorities(td_errors, eps, alpha, out):
     """Stored priorities p = (|td| + eps)^alpha (Eq. 2 into Eq. 3); returns the position of the
-    first non-finite td error, else -1. td_errors: (B,) float64; out: (B,) float64."""
+    first td error whose priority is not finite (NaN, inf, or overflow), else -1.
+    td_errors: (B,) float64; out: (B,) float64."""
     for j in range(td_errors.shape[0]):
-        if not np.isfinite(td_errors[j]):
-            return j
         out[j] = (abs(td_errors[j]) + eps) ** alpha
+        if not np.isfinite(out[j]):
+            return j
     return -1
 
 

@@ -187,6 +187,10 @@ class MTSAC(nn.Module):
         """PaCo's table w (T, Kp), passed to every body call; None without one."""
         return None
 
+    def prefers_grouped(self, rows: int, tasks_present: int) -> bool:
+        """Whether sorting rows by task for the grouped path pays; plain MLPs do not care."""
+        return False
+
     def optimizer_groups(self, cfg: Config) -> dict[str, tuple[list[nn.Parameter], float]]:
         """The method's own parameters: {name: (params, lr)}, one Adam each."""
         return {}
@@ -229,6 +233,12 @@ class PaCo(MTSAC):
 
     def task_weights(self) -> Tensor:
         return self.w
+
+    def prefers_grouped(self, rows: int, tasks_present: int) -> bool:
+        """Grouped costs (T' Kp + B) in*out multiply-adds a layer, general Kp B in*out: grouped
+        wins once a task has more than Kp / (Kp - 1) rows on average (updates), general for one
+        row per task (acting on a vector env); bench_update.py agrees."""
+        return rows * (self.num_sets - 1) > tasks_present * self.num_sets
 
     def optimizer_groups(self, cfg: Config) -> dict[str, tuple[list[nn.Parameter], float]]:
         return {"task_weights": ([self.w], cfg.lr)}

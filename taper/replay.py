@@ -137,8 +137,8 @@ class ReplayBuffer:
         priorities = np.empty_like(td_errors)
         bad = kernels.td_priorities(td_errors, self.per_eps, self.per_alpha, priorities)
         if bad >= 0:
-            raise ValueError(f"td error {td_errors[bad]} is not finite; priorities need finite "
-                             "td errors")
+            raise ValueError(f"td error {td_errors[bad]} gives a non-finite priority "
+                             "(|td| + per_eps)^per_alpha; td errors must be finite")
         if self.strategy not in PRIORITIZED or not indices.size:
             return
         kernels.tree_update(self.trees, tasks, slots, priorities)

@@ -201,6 +201,48 @@ def test_uniform_counts_and_within_task_draws_stay_on_stored_slots(counts, batch
 
 
 @FAST
+@given(st.integers(1, 4), st.integers(1, 6), st.lists(st.integers(0, 3), max_size=40))
+def test_ring_slots_fill_then_overwrite_the_oldest(num_tasks, capacity, task_list):
+    tasks = np.array([t % num_tasks for t in task_list], np.int64)
+    positions, counts = np.zeros(num_tasks, np.int64), np.zeros(num_tasks, np.int64)
+    out = np.empty(tasks.size, np.int64)
+    kernels.ring_slots(tasks, positions, counts, capacity, out)
+    ref = naive.NaiveReplay(num_tasks, capacity, 1.0, 0.0)
+    for j, task in enumerate(tasks):
+        assert out[j] == ref.next[task]
+        ref.add(task, None)
+    assert positions.tolist() == ref.next and counts.tolist() == ref.count
+
+
+@FAST
+@given(st.lists(st.integers(-3, 40), max_size=30), st.lists(st.integers(0, 8), min_size=1, max_size=4))
+def test_split_indices_is_divmod_and_flags_the_first_unstored_id(ids, counts):
+    capacity = 8
+    indices, counts = np.array(ids, np.int64), np.array(counts, np.int64)
+    tasks, slots = np.empty_like(indices), np.empty_like(indices)
+    bad = kernels.split_indices(indices, counts, capacity, tasks, slots)
+    valid = [0 <= i and i // capacity < counts.size and i % capacity < counts[i // capacity] for i in ids]
+    assert bad == (valid.index(False) if False in valid else -1)
+    good = len(ids) if bad < 0 else bad
+    assert tasks[:good].tolist() == [i // capacity for i in ids[:good]]
+    assert slots[:good].tolist() == [i % capacity for i in ids[:good]]
+
+
+@FAST
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=20),
+       st.floats(1e-8, 1.0), st.floats(0.0, 2.0))
+def test_td_priorities_are_abs_plus_eps_to_the_alpha_and_flag_non_finite(td, eps, alpha):
+    out = np.empty(len(td))
+    bad = kernels.td_priorities(np.array(td, np.float64), eps, alpha, out)
+    with np.errstate(all="ignore"):
+        expected = (np.abs(np.array(td, np.float64)) + eps) ** alpha
+    finite = np.isfinite(expected).tolist()
+    assert bad == (finite.index(False) if False in finite else -1)
+    good = len(td) if bad < 0 else bad
+    np.testing.assert_allclose(out[:good], expected[:good], rtol=1e-12)
+
+
+@FAST
 @given(st.integers(1, 30), st.integers(1, 9), st.integers(0, 99))
 def test_gather_rows_copies_the_named_rows(num_rows, width, seed):
     rng = np.random.default_rng(seed)

@@ -1,0 +1,35 @@
+"""`taper bench-replay` reports every (impl, op) with consistent statistics and ratios."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from taper.cli import main
+from taper.replay import STRATEGIES
+
+
+def test_bench_replay_json_rows_cover_every_strategy_and_op():
+    result = CliRunner().invoke(main, ["bench-replay", "--num-tasks", "3", "--capacity", "500",
+                                       "--batch-size", "48", "--repeats", "20", "--no-peers",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {(r["impl"], r["op"]) for r in rows} == {(s, op) for s in STRATEGIES
+                                                    for op in ("sample", "update", "add")}
+    base = next(r for r in rows if r["impl"] == "uniform" and r["op"] == "sample")
+    assert base["ratio_to_uniform"] == 1.0
+    for r in rows:
+        assert 0 < r["p10_us"] <= r["median_us"] <= r["p90_us"]
+        assert abs(r["ratio_to_uniform"] - r["median_us"] / base["median_us"]) < 1e-2 * r["ratio_to_uniform"] + 1e-3
+
+
+def test_bench_replay_table_names_the_targets_and_rejects_too_few_repeats():
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench-replay", "--num-tasks", "2", "--capacity", "200",
+                                  "--batch-size", "16", "--repeats", "20", "--no-peers"])
+    assert result.exit_code == 0, result.output
+    assert "ta-per sample+update / uniform sample" in result.output
+    bad = runner.invoke(main, ["bench-replay", "--repeats", "3"])
+    assert bad.exit_code == 2 and "3" in bad.output

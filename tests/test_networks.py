@@ -1,0 +1,195 @@
+"""Compositional layers (both paths against explicit per-task layers), triplet loss, PaCo reset."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from taper.config import Config
+from taper.networks import (Body, CompositionalLinear, SharedUnique, convex_reset, make_method,
+                            task_groups, triplet_loss, triplet_rows)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def distinct_sets(layer: CompositionalLinear, seed: int) -> CompositionalLinear:
+    """Give every parameter set its own values (they start as copies), nn.Linear's scale."""
+    g = torch.Generator().manual_seed(seed)
+    scale = layer.weight.shape[2] ** -0.5
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * scale)
+        layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * scale)
+    return layer
+
+
+def groups_for(ids: np.ndarray, num_tasks: int, grouped: bool):
+    return task_groups(torch.as_tensor(ids, dtype=torch.int64), num_tasks, "cpu", grouped=grouped)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_composition_equals_explicit_per_task_linear(grouped):
+    num_tasks, kp, d_in, d_out = 4, 3, 6, 5
+    layer = distinct_sets(CompositionalLinear(d_in, d_out, ensemble=1, num_sets=kp), 0)
+    w = torch.randn(num_tasks, kp, generator=torch.Generator().manual_seed(1))
+    ids = np.array([0, 0, 1, 2, 2, 2, 3]) if grouped else np.array([2, 0, 3, 2, 1, 0, 2])
+    x = torch.randn(len(ids), d_in, generator=torch.Generator().manual_seed(2))
+    y = layer(x, w, groups_for(ids, num_tasks, grouped))[0]
+    for t in range(num_tasks):
+        explicit = nn.Linear(d_in, d_out)
+        with torch.no_grad():
+            explicit.weight.copy_(sum(w[t, k] * layer.weight[k, 0].T for k in range(kp)))
+            explicit.bias.copy_(sum(w[t, k] * layer.bias[k, 0, 0] for k in range(kp)))
+        rows = torch.from_numpy(ids == t)
+        torch.testing.assert_close(y[rows], explicit(x[rows]), atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_sets_start_as_copies_of_one_init():
+    layer = CompositionalLinear(7, 3, ensemble=2, num_sets=4)
+    for k in range(1, 4):
+        assert torch.equal(layer.weight[k], layer.weight[0])
+        assert torch.equal(layer.bias[k], layer.bias[0])
+    assert not torch.equal(layer.weight[0, 0], layer.weight[0, 1])   # critics differ
+
+
+def per_sample_reference(body: Body, x: torch.Tensor, w: torch.Tensor, ids: np.ndarray):
+    """Row by row with the composed weights of the row's task: the obviously correct version."""
+    out = []
+    for j, t in enumerate(ids):
+        h = x[j:j + 1]
+        for n, layer in enumerate(body.layers):
+            weight = torch.einsum("k,keio->eio", w[t], layer.weight)
+            bias = torch.einsum("k,keio->eio", w[t], layer.bias)
+            h = torch.matmul(h, weight) + bias
+            if n < len(body.layers) - 1:
+                h = torch.relu(h)
+        out.append(h)
+    return torch.cat(out, dim=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(num_tasks=st.integers(1, 6), rows=st.integers(1, 24), seed=st.integers(0, 2**16),
+       absent=st.booleans())
+def test_grouped_general_and_per_sample_paths_agree(num_tasks, rows, seed, absent):
+    rng = np.random.default_rng(seed)
+    high = max(1, num_tasks - 1) if absent else num_tasks       # maybe leave the last task out
+    ids = rng.integers(0, high, rows)
+    torch.manual_seed(seed)
+    body = Body(lambda a, b: distinct_sets(CompositionalLinear(a, b, 2, 3), seed + a), 5, (8, 6), 2)
+    w = torch.randn(num_tasks, 3, requires_grad=True)
+    x = torch.randn(rows, 5)
+    order = np.argsort(ids, kind="stable")
+    inverse = np.argsort(order)
+
+    general = body(x, w, groups_for(ids, num_tasks, grouped=False))
+    grouped = body(x[order], w, groups_for(ids[order], num_tasks, grouped=True))[:, inverse]
+    reference = per_sample_reference(body, x, w, ids)
+    torch.testing.assert_close(general, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped, reference, atol=1e-5, rtol=1e-5)
+
+    grads = [torch.autograd.grad(y.square().sum(), [w, *body.parameters()]) for y in
+             (general, grouped)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5 * (1 + a.abs().max().item()), rtol=1e-4)
+
+
+def test_task_groups_checks_its_input():
+    with pytest.raises(ValueError, match="ascending"):
+        groups_for(np.array([1, 0]), 2, grouped=True)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        groups_for(np.array([0, 2]), 2, grouped=False)
+    groups = groups_for(np.array([0, 0, 2]), 3, grouped=True)
+    assert groups.sizes == (2, 0, 1)
+    assert groups_for(np.array([2, 0]), 3, grouped=False).sizes is None
+
+
+def test_methods_wire_the_task_in_as_documented():
+    cfg = Config(hidden_sizes=(8,), unique_dim=4, unique_hidden_sizes=(6,))
+    obs, groups = torch.randn(3, 5), groups_for(np.array([0, 1, 1]), 2, grouped=True)
+    features = {m: make_method(replace(cfg, method=m), 5, 2).features(obs, groups)
+                for m in ("mtsac", "paco", "taper")}
+    torch.testing.assert_close(features["mtsac"][0][:, 5:], groups.one_hot)    # [s, one-hot]
+    assert torch.equal(features["paco"][0], obs)                                 # s only
+    taper, u = features["taper"]
+    assert taper.shape == (3, 9) and torch.equal(taper[:, :5], obs)              # [s, u]
+    assert u.requires_grad and not taper.requires_grad                           # u.detach()
+    ablation = SharedUnique(replace(cfg, unique_sac_grad=True), 5, 2)
+    assert ablation.features(obs, groups)[0].requires_grad
+
+
+def test_triplet_rows_pick_same_task_positives_and_other_task_negatives():
+    ids = np.array([3, 0, 1, 0, 3, 1, 1, 3, 0, 2])                  # task 2 has a single row
+    groups = groups_for(ids, 4, grouped=False)
+    seen_pos, seen_neg = set(), set()
+    for seed in range(200):
+        draws = torch.rand(2, len(ids), generator=torch.Generator().manual_seed(seed))
+        positive, negative, valid = (v.numpy() for v in triplet_rows(groups, draws))
+        np.testing.assert_array_equal(valid, ids != 2)
+        ok = valid > 0
+        assert np.all(ids[positive[ok]] == ids[ok]) and np.all(positive[ok] != np.arange(10)[ok])
+        assert np.all(ids[negative] != ids)
+        seen_pos.update(zip(np.flatnonzero(ok), positive[ok]))
+        seen_neg.update(zip(range(10), negative))
+    # every same-task partner and every other-task row is reachable from every anchor
+    assert len(seen_pos) == sum((ids == ids[a]).sum() - 1 for a in range(10) if ids[a] != 2)
+    assert len(seen_neg) == sum((ids != ids[a]).sum() for a in range(10))
+
+
+def test_triplet_loss_falls_and_separates_two_tasks():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ids = np.repeat([0, 1], 32)
+    obs = torch.as_tensor(rng.normal(size=(64, 6)) * 0.3 + np.where(ids[:, None] == 0, 1.0, -1.0)
+                          * np.array([1, -1, 0.5, 0, 0, 0]), dtype=torch.float32)
+    groups = groups_for(ids, 2, grouped=True)
+    f = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 8))
+    opt = torch.optim.Adam(f.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def separation():
+        with torch.no_grad():
+            d = torch.cdist(f(obs), f(obs))
+        same = torch.from_numpy(ids[:, None] == ids[None, :])
+        off_diagonal = ~torch.eye(64, dtype=torch.bool)
+        return d[~same].mean() - d[same & off_diagonal].mean()
+
+    margin = 1.0
+    first, gap_before = triplet_loss(f(obs), groups, margin, gen)[0].item(), separation()
+    for _ in range(150):
+        loss, info = triplet_loss(f(obs), groups, margin, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last, gap_after = triplet_loss(f(obs), groups, margin, gen)[0].item(), separation()
+    assert gap_before < margin < gap_after          # inter-task distance > intra-task + margin
+    assert last < 0.1 * first
+    assert 0.0 <= info["triplet/active_fraction"].item() <= 1.0
+
+
+def test_convex_reset_replaces_only_flagged_rows_with_convex_combinations():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 3, generator=g)
+    extreme = torch.tensor([False, True, False, False, True, False])
+    uniforms = torch.rand(6, 6, generator=g)
+    new = convex_reset(w, extreme, uniforms)
+    torch.testing.assert_close(new[~extreme], w[~extreme], rtol=0, atol=0)
+    healthy = w[~extreme]
+    for t in (1, 4):
+        coeffs = uniforms[t, ~extreme] / uniforms[t, ~extreme].sum()
+        assert torch.all(coeffs >= 0) and torch.isclose(coeffs.sum(), torch.tensor(1.0))
+        torch.testing.assert_close(new[t], coeffs @ healthy)
+        assert not torch.allclose(new[t], w[t])
+    everything = torch.ones(6, dtype=torch.bool)
+    assert torch.equal(convex_reset(w, everything, uniforms), w)     # nobody healthy: keep
