@@ -1,0 +1,302 @@
+"""The SAC learner: Eq. 2 by hand, IS weights, per-task alpha, PaCo's reset, learning, checkpoints."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls
+
+from taper.config import Config
+from taper.networks import CompositionalLinear
+from taper.replay import Batch
+from taper.sac import Agent, critic_loss, resolve_device
+
+METHODS = ("mtsac", "paco", "taper")
+OBS, ACT = 3, 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(method: str, **overrides) -> Config:
+    values = dict(method=method, hidden_sizes=(8, 8), unique_hidden_sizes=(8,), unique_dim=3,
+                  num_param_sets=3, batch_size=12)
+    return Config(**{**values, **overrides})
+
+
+def make_batch(task_ids, seed=0, obs=OBS, act=ACT) -> Batch:
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(task_ids, dtype=np.int64)
+    k = ids.size
+    return Batch(observations=rng.normal(size=(k, obs)).astype(np.float32),
+                 actions=rng.uniform(-1, 1, (k, act)).astype(np.float32),
+                 rewards=rng.normal(size=k).astype(np.float32),
+                 next_observations=rng.normal(size=(k, obs)).astype(np.float32),
+                 dones=(np.arange(k) % 4 == 3).astype(np.float32), task_ids=ids,
+                 indices=np.arange(k, dtype=np.int64),
+                 weights=rng.uniform(0.2, 1.0, k).astype(np.float32))
+
+
+def snapshot(agent: Agent) -> dict[str, torch.Tensor]:
+    modules = {"method": agent.method, "actor": agent.actor, "critic": agent.critic,
+               "target": agent.critic_target}
+    state = {f"{m}.{n}": p.detach().clone() for m, mod in modules.items()
+             for n, p in mod.state_dict().items()}
+    state["log_alpha"] = agent.log_alpha.detach().clone()
+    return state
+
+
+IDS = np.repeat([0, 1, 2], 4)
+
+
+# ---- Eq. 2 by hand ---------------------------------------------------------------------------
+
+def hand_body(body, x: np.ndarray, ids: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """(E, B, out) in float64, row by row, composing PaCo's weights of the row's task by hand."""
+    out = []
+    for j, t in enumerate(ids):
+        h = x[j][None, None, :]
+        for n, layer in enumerate(body.layers):
+            weight = layer.weight.detach().double().numpy()
+            bias = layer.bias.detach().double().numpy()
+            if isinstance(layer, CompositionalLinear):      # theta_t = sum_k w_tk phi_k
+                weight = np.tensordot(w[t], weight, axes=1)
+                bias = np.tensordot(w[t], bias, axes=1)
+            h = h @ weight + bias
+            if n < len(body.layers) - 1:
+                h = np.maximum(h, 0.0)
+        out.append(h)
+    return np.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("method", ["mtsac", "paco"])
+def test_td_errors_are_eq2_by_hand(method):
+    cfg = tiny(method, hidden_sizes=(4,), gamma=0.9, init_temperature=0.5)
+    agent = Agent(cfg, OBS, ACT, 3, "cpu")
+    batch = make_batch(IDS)
+    w = None if method == "mtsac" else agent.method.w.detach().double().numpy()
+    one_hot = np.eye(3)[IDS]
+    extra = [one_hot] if method == "mtsac" else []
+    features = np.concatenate([batch.observations, *extra], axis=1).astype(np.float64)
+    next_features = np.concatenate([batch.next_observations, *extra], axis=1).astype(np.float64)
+    # the update's first draw is the noise of a' ~ pi(.|s')
+    noise = torch.randn((12, ACT), generator=torch.Generator().set_state(
+        agent.generator.get_state())).double().numpy()
+    out = hand_body(agent.actor, next_features, IDS, w)[0]
+    mean, raw = out[:, :ACT], out[:, ACT:]
+    log_std = -5.0 + 3.5 * (np.tanh(raw) + 1.0)
+    pre = mean + np.exp(log_std) * noise
+    next_action = np.tanh(pre)
+    log_pi = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)
+              - np.log(1.0 - np.tanh(pre) ** 2)).sum(axis=1)
+    q_next = hand_body(agent.critic_target, np.concatenate([next_features, next_action], 1),
+                       IDS, w)[..., 0]
+    alpha = 0.5
+    y = batch.rewards + 0.9 * (1 - batch.dones) * (q_next.min(axis=0) - alpha * log_pi)
+    q = hand_body(agent.critic, np.concatenate([features, batch.actions], 1), IDS, w)[..., 0]
+    expected = np.abs(y[None, :] - q).mean(axis=0)
+
+    _, td = agent.update(batch)
+    assert td.dtype == np.float64 and td.shape == (12,)
+    np.testing.assert_allclose(td, expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- IS weights ------------------------------------------------------------------------------
+
+def test_critic_loss_is_weighted_per_sample():
+    q = torch.randn(2, 5, requires_grad=True)
+    target, weights = torch.randn(5), torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0])
+    loss, info = critic_loss(q, target, weights)
+    loss.sum().backward()
+    assert torch.all(q.grad[:, 1] == 0) and torch.all(q.grad[:, [0, 2, 3, 4]] != 0)
+    torch.testing.assert_close(info["td_error"], (target - q.detach()).abs().mean(dim=0))
+    torch.testing.assert_close(loss.detach(), weights * info["squared_error"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_is_weight_sample_does_not_move_the_critic(method):
+    def critic_after(reward_shift: float, weight: float) -> list[torch.Tensor]:
+        batch = make_batch(IDS)
+        batch.rewards[5] += reward_shift
+        batch.weights[5] = weight
+        agent = Agent(tiny(method), OBS, ACT, 3, "cpu")
+        agent.update(batch)
+        return [p.detach().clone() for p in agent.critic.parameters()]
+
+    for a, b in zip(critic_after(0.0, 0.0), critic_after(5.0, 0.0)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    moved = zip(critic_after(0.0, 1.0), critic_after(5.0, 1.0))     # the control: weight 1
+    assert any(not torch.allclose(a, b) for a, b in moved)
+
+
+# ---- temperature -----------------------------------------------------------------------------
+
+def test_alpha_is_per_task():
+    agent = Agent(tiny("paco", alpha_lr=0.05), OBS, ACT, 3, "cpu")
+    before = agent.log_alpha.detach().clone()
+    metrics, _ = agent.update(make_batch(np.ones(6, dtype=np.int64)))      # task 1 only
+    after = agent.log_alpha.detach()
+    assert after[1] != before[1]
+    assert after[0] == before[0] and after[2] == before[2]
+    assert metrics["alpha/1"] == pytest.approx(float(after[1].exp()), rel=1e-6)
+    assert metrics["alpha/0"] == pytest.approx(1.0)
+
+
+def test_log_alpha_is_clamped():
+    cfg = tiny("mtsac", init_temperature=5.0, alpha_lr=0.1, log_alpha_min=-0.15)
+    agent = Agent(cfg, OBS, ACT, 3, "cpu")
+    assert torch.all(agent.log_alpha == 0.0)                           # log 5 clamped to max 0
+    with torch.no_grad():
+        agent.log_alpha.copy_(torch.tensor([3.0, 0.0, -0.1]))
+    for _ in range(3):                       # entropy above target: alpha falls by ~lr a step
+        agent.update(make_batch(IDS))
+    log_alpha = agent.log_alpha.detach()
+    assert torch.all(log_alpha == -0.15), log_alpha                     # 3.0 -> 0 -> -0.15
+
+
+# ---- one update ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_update_changes_every_parameter_and_keeps_them_finite(method):
+    agent = Agent(tiny(method), OBS, ACT, 3, "cpu")
+    before = snapshot(agent)
+    metrics, td = agent.update(make_batch(IDS))
+    after = snapshot(agent)
+    for name in before:
+        assert torch.isfinite(after[name]).all(), name
+        assert not torch.equal(before[name], after[name]), f"{name} did not change"
+    assert td.shape == (12,) and np.all(np.isfinite(td)) and np.all(td >= 0)
+    expected = {"loss/critic", "loss/actor", "loss/alpha", "stats/q", "stats/entropy",
+                "stats/td_error", "alpha/0", "alpha/1", "alpha/2"}
+    if method != "mtsac":
+        expected |= {"paco/resets"}
+    if method == "taper":
+        expected |= {"loss/triplet", "triplet/active_fraction"}
+    assert set(metrics) == expected
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("method", ["paco", "taper"])
+def test_ungrouped_batch_gives_the_grouped_numbers_in_its_own_order(method):
+    batch = make_batch(IDS, seed=3)
+    perm = np.random.default_rng(0).permutation(12)
+    shuffled = Batch(*(np.ascontiguousarray(a[perm]) for a in batch))
+    _, td = Agent(tiny(method), OBS, ACT, 3, "cpu").update(batch)
+    _, td_shuffled = Agent(tiny(method), OBS, ACT, 3, "cpu").update(shuffled)
+    np.testing.assert_allclose(td_shuffled, td[perm], rtol=1e-6, atol=1e-7)
+
+    # the general path on the shuffled rows, no sort, agrees too
+    general = Agent(tiny(method), OBS, ACT, 3, "cpu", grouped=False)
+    _, td_general = general.update(batch)
+    np.testing.assert_allclose(td_general, td, rtol=1e-5, atol=1e-6)
+
+
+def test_act_keeps_the_callers_row_order():
+    agent = Agent(tiny("paco"), OBS, ACT, 3, "cpu")
+    obs = np.random.default_rng(0).normal(size=(7, OBS)).astype(np.float32)
+    ids = np.array([2, 0, 1, 1, 0, 2, 2])
+    actions = agent.act(obs, ids, deterministic=True)
+    assert actions.dtype == np.float32 and actions.shape == (7, ACT)
+    for j in range(7):
+        np.testing.assert_allclose(actions[j], agent.act(obs[j:j + 1], ids[j:j + 1], True)[0],
+                                   rtol=1e-5, atol=1e-6)
+    sampled = agent.act(obs, ids, deterministic=False)
+    assert np.all(np.abs(sampled) <= 1.0) and not np.allclose(sampled, actions)
+    with pytest.raises(ValueError):
+        agent.act(obs, np.full(7, 3), True)
+
+
+# ---- PaCo's extreme-loss reset ---------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["paco", "taper"])
+def test_extreme_task_is_masked_and_only_its_w_reset_to_a_convex_combination(method):
+    batch = make_batch(np.repeat([0, 1, 2, 3], 3))
+    batch.rewards[6:9] = 300.0                                         # task 2's loss ~ 2e5
+    flagged = Agent(tiny(method, num_param_sets=5), OBS, ACT, 4, "cpu")
+    unflagged = Agent(tiny(method, num_param_sets=5, extreme_loss_threshold=1e12), OBS, ACT, 4,
+                      "cpu")
+    metrics, _ = flagged.update(batch)
+    plain, _ = unflagged.update(batch)
+
+    assert metrics["paco/resets"] == 1.0 and metrics["paco/reset/2"] == 1.0
+    assert plain["paco/resets"] == 0.0 and not any(k.startswith("paco/reset/") for k in plain)
+    assert metrics["loss/critic"] < 100 < plain["loss/critic"]        # task 2 masked out
+    w, w_plain = flagged.method.w.detach(), unflagged.method.w.detach()
+    healthy = [0, 1, 3]
+    torch.testing.assert_close(w[healthy], w_plain[healthy], rtol=0, atol=1e-7)
+    assert not torch.allclose(w[2], w_plain[2])
+    # w_2 = sum_h c_h w_h with c >= 0, sum c = 1: a non-negative fit with a heavy sum row
+    system = np.vstack([w[healthy].double().numpy().T, 1e3 * np.ones(3)])
+    coeffs, residual = nnls(system, np.append(w[2].double().numpy(), 1e3))
+    assert residual < 1e-4, (coeffs, residual)
+
+
+# ---- learning --------------------------------------------------------------------------------
+
+TARGETS = np.array([-0.6, 0.1, 0.7])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method):
+    """reward = -(a - target_i)^2, every episode one step: Q is the reward, pi's mean -> target."""
+    cfg = tiny(method, hidden_sizes=(32, 32), lr=1e-2, alpha_lr=1e-2, batch_size=48)
+    agent = Agent(cfg, OBS, 1, 3, "cpu")
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(3), 16)
+    for _ in range(250):
+        obs = rng.normal(size=(48, OBS)).astype(np.float32)
+        actions = rng.uniform(-1, 1, (48, 1)).astype(np.float32)
+        rewards = (-(actions[:, 0] - TARGETS[ids]) ** 2).astype(np.float32)
+        agent.update(Batch(obs, actions, rewards, obs, np.ones(48, np.float32), ids,
+                           np.arange(48), np.ones(48, np.float32)))
+    test_ids = np.repeat(np.arange(3), 20)
+    chosen = agent.act(rng.normal(size=(60, OBS)), test_ids, deterministic=True)[:, 0]
+    means = np.array([chosen[test_ids == t].mean() for t in range(3)])
+    np.testing.assert_allclose(means, TARGETS, atol=0.1)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["mtsac", "taper"])
+def test_state_dict_round_trip_gives_identical_outputs(method):
+    agent = Agent(tiny(method), OBS, ACT, 3, "cpu")
+    for seed in range(3):
+        agent.update(make_batch(IDS, seed=seed))
+    buffer = io.BytesIO()
+    torch.save(agent.state_dict(), buffer)
+    buffer.seek(0)
+    restored = Agent(tiny(method, seed=7), OBS, ACT, 3, "cpu")
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+
+    obs = np.random.default_rng(1).normal(size=(5, OBS))
+    ids = np.array([0, 1, 2, 2, 0])
+    for deterministic in (True, False):
+        np.testing.assert_array_equal(agent.act(obs, ids, deterministic),
+                                      restored.act(obs, ids, deterministic))
+    batch = make_batch(IDS, seed=9)
+    (m1, td1), (m2, td2) = agent.update(batch), restored.update(batch)
+    assert m1 == m2
+    np.testing.assert_array_equal(td1, td2)
+
+
+def test_same_seed_same_updates_and_config_checks():
+    a, b = (Agent(tiny("taper", seed=3), OBS, ACT, 3, "cpu") for _ in range(2))
+    for seed in range(2):
+        assert a.update(make_batch(IDS, seed=seed))[0] == b.update(make_batch(IDS, seed=seed))[0]
+    with pytest.raises(ValueError, match="act_dim"):
+        Agent(tiny("mtsac"), OBS, 0, 3, "cpu")
+    with pytest.raises(ValueError, match="shape"):
+        a.update(make_batch(IDS, obs=OBS + 1))
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
