@@ -137,20 +137,23 @@ def descend(trees, tasks, targets, out_slots):
         for j in range(n):
             row = tasks[j]
             first = FANOUT * out_slots[j]
-            chosen = -1
-            last = first
-            for child in range(first, first + FANOUT):
-                m = trees[row, child]
-                if m > 0.0:
-                    last = child
-                    if mass[j] < m:
-                        chosen = child
-                        break
-                    mass[j] -= m
-            if chosen < 0:
+            target = mass[j]
+            running = 0.0
+            before = 0.0
+            chosen = 0
+            last = 0
+            for child in range(FANOUT):  # branch-free: count the children that end <= target
+                m = trees[row, first + child]
+                running += m
+                passed = target >= running
+                chosen += passed
+                before = running if passed else before
+                last = child if m > 0.0 else last
+            if chosen == FANOUT:  # rounding put the target past this node's mass
                 chosen = last
-                mass[j] = trees[row, last]
-            out_slots[j] = chosen
+                before -= trees[row, first + last]
+            mass[j] = target - before
+            out_slots[j] = first + chosen
         level *= FANOUT
     for j in range(n):
         out_slots[j] -= leaves
@@ -339,5 +342,6 @@ def gather_rows(storage, rows, out):
     rows: (K,) int64; out: (K, W) float32."""
     width = storage.shape[1]
     for j in range(rows.shape[0]):
+        row = rows[j]
         for c in range(width):
-            out[j, c] = storage[rows[j], c]
+            out[j, c] = storage[row, c]

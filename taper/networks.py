@@ -58,11 +58,14 @@ class TaskGroups(NamedTuple):
     sizes: rows per task 0..T-1 (zeros allowed) when the rows are grouped, i.e. contiguous and
         in ascending task order: compositional layers take the grouped path. None: the general
         path, any row order.
+    present: grouped path with some task absent: (T',) int64 indices of the tasks present, on
+        the device (made once here, not in every layer); None otherwise.
     """
 
     ids: Tensor
     one_hot: Tensor
-    sizes: tuple[int, ...] | None
+    sizes: tuple[int, ...] | None = None
+    present: Tensor | None = None
 
 
 def task_groups(task_ids: Tensor, num_tasks: int, device: torch.device | str,
@@ -80,15 +83,18 @@ def task_groups(task_ids: Tensor, num_tasks: int, device: torch.device | str,
     if int(ids.min()) < 0 or int(ids.max()) >= num_tasks:
         raise ValueError(f"task ids must lie in [0, {num_tasks}), got [{int(ids.min())}, "
                          f"{int(ids.max())}]")
-    sizes = None
+    sizes = present = None
     if grouped:
         if bool((ids[1:] < ids[:-1]).any()):
             raise ValueError("grouped=True needs task_ids in ascending order; sort the rows "
                              "by task or pass grouped=False")
-        sizes = tuple(torch.bincount(ids, minlength=num_tasks).tolist())
+        counts = torch.bincount(ids, minlength=num_tasks)
+        sizes = tuple(counts.tolist())
+        if 0 in sizes:
+            present = torch.nonzero(counts).squeeze(1).to(device)
     ids = ids.to(device)
     one_hot = (ids[:, None] == torch.arange(num_tasks, device=ids.device)).to(torch.float32)
-    return TaskGroups(ids, one_hot, sizes)
+    return TaskGroups(ids, one_hot, sizes, present)
 
 
 class Linear(nn.Module):
@@ -128,16 +134,15 @@ class CompositionalLinear(nn.Module):
     def forward(self, x: Tensor, task_weights: Tensor, groups: TaskGroups) -> Tensor:
         if groups.sizes is None:
             return self.general(x, task_weights, groups.one_hot)
-        return self.grouped(x, task_weights, groups.sizes)
+        return self.grouped(x, task_weights, groups)
 
-    def grouped(self, x: Tensor, task_weights: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    def grouped(self, x: Tensor, task_weights: Tensor, groups: TaskGroups) -> Tensor:
         """Rows contiguous by task: compose theta_t once per task present, one matmul per group."""
         kp, e, i, o = self.weight.shape
-        present = [t for t, n in enumerate(sizes) if n]
-        w = task_weights if len(present) == len(sizes) else task_weights[present]
+        w = task_weights if groups.present is None else task_weights[groups.present]
         weight = (w @ self.weight.view(kp, -1)).view(-1, e, i, o)        # (T', E, in, out)
         bias = (w @ self.bias.view(kp, -1)).view(-1, e, 1, o)            # (T', E, 1, out)
-        rows = torch.split(x, [sizes[t] for t in present], dim=-2)
+        rows = torch.split(x, [n for n in groups.sizes if n], dim=-2)
         tasks = zip(rows, weight.unbind(0), bias.unbind(0))             # unbind: one backward op
         if x.dim() == 2:
             parts = [torch.matmul(r, wt) + bt for r, wt, bt in tasks]
@@ -167,21 +172,25 @@ class Body(nn.Module):
         return self.layers[-1](x, task_weights, groups)
 
 
-class MTSAC(nn.Module):
-    """MT-SAC: [s, one_hot(i)] into plain MLPs; no extra parameters or losses."""
+class Method(nn.Module):
+    """What sets one multi-task method apart: the networks' input, their layer, extra parameters
+    and losses. The defaults here are "none"; the three methods below override what they use."""
+
+    feature_dim: int
+    """Width of `features(obs, groups)[0]`, the actor's input (critics add the action)."""
 
     def __init__(self, cfg: Config, obs_dim: int, num_tasks: int) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         self.hidden_sizes = tuple(cfg.hidden_sizes)
-        self.feature_dim = obs_dim + num_tasks
 
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
         """(network input (B, feature_dim), unique features for `auxiliary_loss` or None)."""
-        return torch.cat([obs, groups.one_hot], dim=-1), None
+        raise NotImplementedError
 
     def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
-        return Body(partial(Linear, ensemble=ensemble), in_dim, self.hidden_sizes, out_dim)
+        """A fresh actor (ensemble=1) or twin-critic (ensemble=2) body."""
+        raise NotImplementedError
 
     def task_weights(self) -> Tensor | None:
         """PaCo's table w (T, Kp), passed to every body call; None without one."""
@@ -208,7 +217,21 @@ class MTSAC(nn.Module):
         return None
 
 
-class PaCo(MTSAC):
+class MTSAC(Method):
+    """MT-SAC: [s, one_hot(i)] into plain MLPs; no extra parameters or losses."""
+
+    def __init__(self, cfg: Config, obs_dim: int, num_tasks: int) -> None:
+        super().__init__(cfg, obs_dim, num_tasks)
+        self.feature_dim = obs_dim + num_tasks
+
+    def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
+        return torch.cat([obs, groups.one_hot], dim=-1), None
+
+    def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
+        return Body(partial(Linear, ensemble=ensemble), in_dim, self.hidden_sizes, out_dim)
+
+
+class PaCo(Method):
     """PaCo: compositional layers everywhere, task only through w; extreme-loss reset.
 
     w_i starts uniform on the simplex (a flat Dirichlet draw): with the Kp identical sets every
@@ -283,10 +306,10 @@ class SharedUnique(PaCo):
         return triplet_loss(unique, groups, self.margin, generator)
 
 
-METHODS: dict[str, type[MTSAC]] = {"mtsac": MTSAC, "paco": PaCo, "taper": SharedUnique}
+METHODS: dict[str, type[Method]] = {"mtsac": MTSAC, "paco": PaCo, "taper": SharedUnique}
 
 
-def make_method(cfg: Config, obs_dim: int, num_tasks: int) -> MTSAC:
+def make_method(cfg: Config, obs_dim: int, num_tasks: int) -> Method:
     """The method object named by `cfg.method`."""
     return METHODS[cfg.method](cfg, obs_dim, num_tasks)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gymnasium.wrappers.vector import RescaleAction
 from tqdm import tqdm
 
 from taper import suites
@@ -70,8 +71,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     if state.step >= cfg.steps_per_env:
         return run_dir
     with contextlib.ExitStack() as stack:
-        envs = stack.enter_context(contextlib.closing(_make_envs(cfg, cfg.seed)))
-        eval_envs = stack.enter_context(contextlib.closing(_make_envs(cfg, cfg.seed + 1)))
+        envs = stack.enter_context(contextlib.closing(_make_envs(cfg)))
+        eval_envs = stack.enter_context(contextlib.closing(_make_envs(cfg)))
         log = stack.enter_context(MetricsLog(run_dir, state.metrics_offset, state.step))
         caught = stack.enter_context(_deferred_signals())
         _loop(_Run(cfg, spec, run_dir, agent, buf, envs, eval_envs, log, state,
@@ -268,7 +269,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
                   resolve_device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
-    with contextlib.closing(_make_envs(cfg, cfg.seed + 1)) as envs:
+    with contextlib.closing(_make_envs(cfg)) as envs:
         result = evaluate(agent, envs, spec, episodes or cfg.eval_episodes,
                           seed=env_seed(cfg.seed, checkpoint["step"], EVAL_STREAM))
     return spec, checkpoint["step"], result
@@ -336,10 +337,18 @@ def env_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream, step]).generate_state(1)[0])
 
 
-def _make_envs(cfg: Config, seed: int):
-    envs, _ = suites.make_envs(cfg.suite, seed=seed, episode_length=cfg.episode_length,
+def _make_envs(cfg: Config):
+    """The suite's vector env, actions rescaled from the policy's [-1, 1] to the env's bounds.
+
+    Training and evaluation envs are made alike (the goal set follows `cfg.seed`) and told
+    apart by the seeds their resets get.
+    """
+    envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed, episode_length=cfg.episode_length,
                                reward_version=cfg.reward_version)
-    return envs
+    space = envs.single_action_space
+    if np.all(space.low == -1) and np.all(space.high == 1):
+        return envs
+    return RescaleAction(envs, -1.0, 1.0)
 
 
 def _configure_torch(cfg: Config) -> None:
