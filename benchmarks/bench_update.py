@@ -1,4 +1,4 @@
-"""Milliseconds per `Agent.update` for mtsac / paco / taper, and grouped vs general compositional paths.
+"""Milliseconds per `Agent.update` of mtsac / paco / taper; grouped vs general compositional path.
 
     python benchmarks/bench_update.py                       # cpu-small and paper sizes, CPU
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
@@ -10,10 +10,12 @@ Rows, per size:
 - update/<method>/uniform: an ungrouped batch (uniform sampler, random task order), sorted by
   task on the host and run on the grouped path;
 - update/<method>/uniform-general: the ungrouped batch on the general path, no sort;
-- act/<method>[/general]: one `Agent.act` on one observation per task (a vector env step);
+- act/<method>[/general]: one `Agent.act` on one observation per task (a vector env step;
+  the default agent picks the general path there by itself, `prefers_grouped`);
 - layer/{grouped,general}: forward + backward of one hidden compositional layer of the twin
-  critics (E = 2, Kp sets), on the grouped batch.
-Timings are medians over interleaved repetitions; "x mtsac" is the ratio to update/mtsac (to
+  critics (E = 2, Kp sets), on the grouped batch;
+- layer/vector-{grouped,general}: forward of one hidden actor layer on one row per task.
+Timings are medians over interleaved repetitions; "x base" is the ratio to update/mtsac (to
 act/mtsac for act rows, to layer/grouped for layer rows) in the same run.
 """
 
@@ -114,15 +116,23 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     layer = CompositionalLinear(width, width, ensemble=2, num_sets=args.num_param_sets).to(device)
     w = torch.rand(n, args.num_param_sets, device=device, requires_grad=True)
     x = torch.randn(2, k, width, device=device, requires_grad=True)
-    ids = torch.from_numpy(grouped_ids)
-    paths = {"grouped": task_groups(ids, n, device, grouped=True),
-             "general": task_groups(ids, n, device, grouped=False)}
+    actor_layer = CompositionalLinear(width, width, ensemble=1,
+                                      num_sets=args.num_param_sets).to(device)
+    x_vector = torch.randn(1, n, width, device=device)
 
     def layer_step(groups):
         layer(x, w, groups).square().sum().backward()
 
-    for name, groups in paths.items():
-        cases[f"layer/{name}"] = lambda g=groups: layer_step(g)
+    @torch.no_grad()
+    def vector_step(groups):
+        actor_layer(x_vector, w, groups)
+
+    for path in ("grouped", "general"):
+        groups = task_groups(torch.from_numpy(grouped_ids), n, device, grouped=path == "grouped")
+        cases[f"layer/{path}"] = lambda g=groups: layer_step(g)
+    for path in ("grouped", "general"):
+        groups = task_groups(torch.from_numpy(vector_ids), n, device, grouped=path == "grouped")
+        cases[f"layer/vector-{path}"] = lambda g=groups: vector_step(g)
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     ms = time_interleaved(cases, args.repeats, args.warmup, device, clock)

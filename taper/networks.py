@@ -116,7 +116,7 @@ class Linear(nn.Module):
 
 
 class CompositionalLinear(nn.Module):
-    """PaCo's layer: y = sum_k w_tk (x W_k + b_k) = x theta_t, theta_t = Phi w_t, for a row of task t.
+    """PaCo's layer: y = sum_k w_tk (x W_k + b_k) = x theta_t, theta_t = Phi w_t, row of task t.
 
     weight (Kp, E, in, out) and bias (Kp, E, 1, out) hold the Kp parameter sets of each of
     the E ensemble members; the Kp sets start as copies of one nn.Linear-style init.
@@ -315,7 +315,7 @@ def make_method(cfg: Config, obs_dim: int, num_tasks: int) -> Method:
 
 
 def convex_reset(w: Tensor, extreme: Tensor, uniforms: Tensor) -> Tensor:
-    """PaCo's reset: each extreme task's row of w becomes a random convex combination of healthy rows.
+    """PaCo's reset: each extreme task's w row becomes a random convex combination of healthy rows.
 
     w (T, Kp); extreme (T,) bool; uniforms (T, T) in [0, 1), row t weighing the healthy rows
     for task t (L1-normalised over the healthy tasks). Healthy rows come back unchanged, and

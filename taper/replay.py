@@ -153,12 +153,13 @@ class ReplayBuffer:
         per (whose per-task counts are random) the expected counts K*M_i/M and K*S_i/S,
         rounded by largest remainder."""
         _check_positive_int("batch_size", batch_size)
-        weights = {"uniform": self.counts.astype(np.float64),
-                   "average": (self.counts > 0).astype(np.float64)}.get(
-                       self.strategy, self.trees[:, 1])
-        k_min, k_max = (self.k_min, batch_size if self.k_max is None else self.k_max)
-        if self.strategy != "ta-per":
-            k_min, k_max = 0, batch_size
+        k_min, k_max = 0, batch_size
+        if self.strategy in PRIORITIZED:
+            weights = self.trees[:, 1]
+            if self.strategy == "ta-per":
+                k_min, k_max = self.k_min, self.k_max or batch_size
+        else:
+            weights = (self.counts if self.strategy == "uniform" else self.counts > 0).astype(float)
         self._check_feasible(batch_size, k_min, k_max)
         out = np.empty(self.num_tasks, np.int64)
         kernels.quotas(weights, self.counts, batch_size, k_min, k_max, out)

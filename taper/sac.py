@@ -10,6 +10,11 @@ then every optimizer steps (as PaCo's code does):
     alpha   = -log alpha_i (log pi(a~|s) - |A|)                 (per task, target entropy -|A|)
     + the method's own: PaCo masks the samples of tasks whose mean unweighted loss exceeds
       `extreme_loss_threshold` and resets their w afterwards; taper adds the triplet loss (Eq. 1).
+    then: log alpha clamped to [log_alpha_min, log_alpha_max], target critics lerped by tau.
+
+The target critics are a Polyak copy of the critics' own parameters; PaCo's task weights w
+are shared with them live (as in PaCo's code, where the target critics are built around the
+same task-encoding network).
 
 Randomness (policy noise, PaCo resets, triplet draws) comes from one torch generator on the
 device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
@@ -60,13 +65,17 @@ def squashed_gaussian(out: Tensor, generator: torch.Generator,
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     pre = mean + log_std.exp() * eps
     log_prob = (-0.5 * eps.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
-    log_prob = log_prob - (2.0 * (math.log(2.0) - pre - nn.functional.softplus(-2.0 * pre))).sum(dim=-1)
+    log_det = 2.0 * (math.log(2.0) - pre - nn.functional.softplus(-2.0 * pre))
+    log_prob = log_prob - log_det.sum(dim=-1)
     return torch.tanh(pre), log_prob
 
 
 def soft_target(next_q: Tensor, next_log_pi: Tensor, alpha: Tensor, rewards: Tensor,
                 dones: Tensor, gamma: float) -> Tensor:
-    """y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s')); shapes (2, K), (K,)."""
+    """y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s')).
+
+    next_q (2, K); the rest (K,).
+    """
     value = next_q.min(dim=0).values - alpha * next_log_pi
     return rewards + gamma * (1.0 - dones) * value
 
@@ -84,13 +93,13 @@ def critic_loss(q: Tensor, target: Tensor, weights: Tensor) -> tuple[Tensor, dic
 
 
 def actor_loss(q_pi: Tensor, log_pi: Tensor, alpha: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-sample alpha_i log pi(a~|s) - min_j Q_j(s, a~), shape (K,); q_pi (2, K) from frozen critics."""
+    """Per-sample alpha_i log pi(a~|s) - min_j Q_j(s, a~), (K,); q_pi (2, K) from frozen critics."""
     return alpha * log_pi - q_pi.min(dim=0).values, {"entropy": -log_pi.detach()}
 
 
 def alpha_loss(log_alpha: Tensor, log_pi: Tensor,
                target_entropy: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-sample -log alpha_i (log pi + target_entropy), shape (K,); gradient reaches log alpha only."""
+    """Per-sample -log alpha_i (log pi + target_entropy), (K,); only log alpha gets a gradient."""
     return -log_alpha * (log_pi.detach() + target_entropy), {}
 
 
@@ -118,8 +127,8 @@ class Agent:
     grouped: compositional layers take the grouped path wherever it pays (`prefers_grouped`:
     update batches, not one observation per task), ungrouped rows sorted by task on the host
     first and results returned in the original order; False: always the general path on the
-    rows as given. Both give the same numbers (tests); grouped is 3-5x faster on updates
-    (benchmarks/bench_update.py).
+    rows as given. Both give the same numbers (tests); on CPU grouped updates are 1.8x
+    (cpu-small) to 4.3x (paper sizes) faster (benchmarks/bench_update.py; CUDA not measured).
     """
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, num_tasks: int,
@@ -230,7 +239,7 @@ class Agent:
     # ---- learning ----------------------------------------------------------------------------
 
     def update(self, batch) -> tuple[dict[str, float], np.ndarray]:
-        """One gradient step of every network on `batch` -> (metrics, td errors (K,) float64, Eq. 2).
+        """One gradient step of every network on `batch` -> (metrics, td errors (K,) float64).
 
         td errors come in the batch's row order. Metrics: loss/critic, loss/actor, loss/alpha,
         alpha/<task>, stats/q, stats/entropy, stats/td_error; paco and taper add paco/resets

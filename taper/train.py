@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ def _loop(run: _Run) -> None:
     cfg, state = run.cfg, run.state
     obs = run.reseed()
     with tqdm(total=cfg.steps_per_env, initial=state.step, unit="step", dynamic_ncols=True) as bar:
+        if state.last_eval is not None:
+            bar.set_postfix(success=f"{state.last_eval['success']:.2f}")
         while state.step < cfg.steps_per_env:
             actions = run.act(obs)
             obs = run.step_and_store(obs, actions)
@@ -105,10 +108,11 @@ def _loop(run: _Run) -> None:
                 run.checkpoint()
             if run.caught:
                 bar.write(f"signal {run.caught[0]}: checkpoint at step {state.step} in "
-                          f"{run.run_dir}; continue with: taper train --resume {run.run_dir}")
+                          f"{run.run_dir}; continue with: taper train --resume {run.run_dir}",
+                          file=sys.stderr)
                 return
         run.log.write({"kind": "timing", "step": state.step, **run.clock.row(state.updates)})
-        bar.write(run.clock.table(state.updates))
+        bar.write(run.clock.table(state.updates), file=sys.stderr)
 
 
 @dataclass
@@ -128,7 +132,9 @@ class _Run:
     caught: list[int]
     metrics: dict[str, float] = field(default_factory=dict)
     """The last update's metrics, for the next train row."""
-    last_row: tuple[int, float] = (0, 0.0)
+    task_ids: np.ndarray = field(init=False)
+    """Task id of each env: its index."""
+    last_row: tuple[int, float] = field(init=False)
     """(step, time) of the last train row, for steps per second."""
 
     def __post_init__(self) -> None:
@@ -174,8 +180,9 @@ class _Run:
             self.buf.update_priorities(batch.indices, td_errors)
         self.metrics = {**metrics, "beta": beta}
         if metrics.get("paco/resets", 0) > 0:
+            tasks = [i for i in range(self.spec.num_tasks) if f"paco/reset/{i}" in metrics]
             self.log.write({"kind": "paco_reset", "step": state.step + 1,
-                            "update": state.updates, "resets": metrics["paco/resets"]})
+                            "update": state.updates, "tasks": tasks})
 
     def check_finite(self, metrics: dict[str, float], td_errors: np.ndarray) -> None:
         """FloatingPointError naming the first non-finite loss (or TD error) and the step."""
@@ -265,8 +272,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
-    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks,
-                  resolve_device(device or cfg.device))
+    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, _device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
     with contextlib.closing(_make_envs(cfg)) as envs:
@@ -287,8 +293,7 @@ def check(cfg: Config, resume: str | Path | None = None) -> suites.SuiteSpec:
     if cfg.buffer_size < spec.num_tasks:
         raise ValueError(f"buffer_size={cfg.buffer_size} leaves no room per task: need at least "
                          f"one transition for each of {spec.num_tasks} tasks")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available; use cpu or auto")
+    _device(cfg.device)
     if resume is None:
         if cfg.out is not None and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
             raise ValueError(f"out={cfg.out!r} is not empty; continue it with resume "
@@ -351,11 +356,18 @@ def _make_envs(cfg: Config):
     return RescaleAction(envs, -1.0, 1.0)
 
 
+def _device(name: str) -> torch.device:
+    """`resolve_device`, with a ValueError where CUDA is asked for and absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; use cpu or auto")
+    return resolve_device(name)
+
+
 def _configure_torch(cfg: Config) -> None:
     """Deterministic mode: deterministic kernels and one CPU thread (process-wide settings)."""
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.set_num_threads(1)
 
 

@@ -1,4 +1,4 @@
-"""The SAC learner: Eq. 2 by hand, IS weights, per-task alpha, PaCo's reset, learning, checkpoints."""
+"""The SAC learner: Eq. 2 by hand, IS weights, per-task alpha, PaCo's reset, learning, resume."""
 
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def test_state_dict_round_trip_gives_identical_outputs(method):
     torch.save(agent.state_dict(), buffer)
     buffer.seek(0)
     restored = Agent(tiny(method, seed=7), OBS, ACT, 3, "cpu")
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
 
     obs = np.random.default_rng(1).normal(size=(5, OBS))
     ids = np.array([0, 1, 2, 2, 0])

@@ -175,8 +175,9 @@ class _FakeEnvs:
         truncated = np.full(2, t == 2)
         infos = {"success": success, "_success": np.ones(2, bool)}
         if t == 2:
-            infos = {"final_info": infos, "_final_info": truncated,
-                     "final_obs": np.array([np.zeros(1)] * 2, dtype=object), "_final_obs": truncated}
+            final_obs = np.array([np.zeros(1)] * 2, dtype=object)
+            infos = {"final_info": infos, "_final_info": truncated, "final_obs": final_obs,
+                     "_final_obs": truncated}
         return np.zeros((2, 1)), np.ones(2), np.zeros(2, bool), truncated, infos
 
 
