@@ -89,7 +89,7 @@ def test_mt10_rand_end_to_end(tmp_path):
 
 def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
     """Warm-up without the policy, beta annealed, TD errors fed back, (s, a, r, s', terminated)
-    stored with the true s' at episode ends."""
+    stored with the true s' at episode ends, PaCo resets logged."""
     betas, fed_back, acted, added, stepped = [], [], [], [], []
     make_envs, sample = train_module.suites.make_envs, ReplayBuffer.sample
     add, update_priorities = ReplayBuffer.add, ReplayBuffer.update_priorities
@@ -119,6 +119,8 @@ def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
     def spy_update(self, batch):
         metrics, td = update(self, batch)
         fed_back.append((batch.indices.copy(), td.copy()))
+        if len(fed_back) == 10:
+            metrics = {**metrics, "paco/resets": 1.0, "paco/reset/0": 1.0}
         return metrics, td
 
     def spy_update_priorities(self, indices, td_errors):
@@ -156,6 +158,8 @@ def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
         else:
             assert np.array_equal(next_, next_obs)
     assert ends >= 2
+    assert rows(tmp_path / "run", "paco_reset") == [
+        {"kind": "paco_reset", "step": 55, "update": 10, "tasks": [0]}]
 
 
 class _FakeEnvs:
