@@ -26,10 +26,12 @@ PRESETS = {
         eval_every=50_000,
         eval_episodes=50,
     ),
-    # Small enough that 100k steps per env of MT10-rand runs in about half an hour on 2 cores.
+    # Small enough for 2 CPU cores: MT10-rand with the taper network runs ~40 vector steps/s,
+    # so 100k steps per env take about 45 minutes (README, "Training speed").
     "cpu-small": dict(
-        hidden_sizes=(128, 128),
-        batch_size=256,
+        hidden_sizes=(64, 64),
+        unique_hidden_sizes=(64,),
+        batch_size=128,
         buffer_size=200_000,
         steps_per_env=100_000,
         learning_starts=1500,
@@ -64,11 +66,11 @@ class Config:
     """Vector steps of uniform random actions before the first update."""
     gradient_steps: int = 1
     """Gradient updates per vector step."""
-    batch_size: int = 256
+    batch_size: int = 128
     """K, transitions per update, drawn across all tasks."""
     buffer_size: int = 200_000
     """Transitions kept in total; each task gets buffer_size // num_tasks."""
-    hidden_sizes: tuple[int, ...] = (128, 128)
+    hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of actor and critics."""
     lr: float = 3e-4
     """Adam learning rate of actor, critics and PaCo's task weights."""
@@ -113,7 +115,7 @@ class Config:
     """A task whose loss exceeds this is masked and its w reset (PaCo)."""
     unique_dim: int = 32
     """Width of the unique feature u = f(s)."""
-    unique_hidden_sizes: tuple[int, ...] = (128,)
+    unique_hidden_sizes: tuple[int, ...] = (64,)
     """Hidden widths of the unique-feature MLP."""
     triplet_margin: float = 1.0
     """Margin m of the triplet loss (Eq. 1)."""
