@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from taper import train as train_module
 from taper.cli import main
+from taper.config import PRESETS
 
 TINY = ["--suite", "mt1:reach-v3", "--steps-per-env", "100", "--learning-starts", "20",
         "--eval-every", "50", "--eval-episodes", "2", "--episode-length", "25",
@@ -69,7 +70,9 @@ def test_suite_alone_picks_the_preset_of_the_machine(tmp_path, monkeypatch, capt
     result = CliRunner().invoke(main, ["train", "--suite", "mt10-rand"])
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
-    assert (cfg.preset, cfg.batch_size, cfg.hidden_sizes) == ("cpu-small", 256, (128, 128))
+    small = PRESETS["cpu-small"]
+    assert (cfg.preset, cfg.batch_size, cfg.hidden_sizes) == ("cpu-small", small["batch_size"],
+                                                               small["hidden_sizes"])
     assert "preset cpu-small" in result.output and "device cpu" in result.output
     assert cfg.out.startswith("runs/mt10-rand_taper_ta-per_s0_") and cfg.out in result.output
 
