@@ -26,32 +26,19 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taper.config import Config  # noqa: E402
+from taper.config import PRESETS, Config  # noqa: E402
 from taper.networks import CompositionalLinear, task_groups  # noqa: E402
+from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
 
-SIZES = {"cpu-small": dict(hidden_sizes=(128, 128), batch_size=256),
-         "paper": dict(hidden_sizes=(400, 400, 400), batch_size=1280)}
-
-
-class Batch(NamedTuple):
-    """Same fields as taper.replay.Batch (kept here so the benchmark needs only sac/networks)."""
-
-    observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    next_observations: np.ndarray
-    dones: np.ndarray
-    task_ids: np.ndarray
-    indices: np.ndarray
-    weights: np.ndarray
+SIZES = {name: {key: preset[key] for key in ("hidden_sizes", "batch_size")}
+         for name, preset in PRESETS.items()}
 
 
 def make_batch(rng: np.random.Generator, task_ids: np.ndarray, obs_dim: int,
