@@ -17,15 +17,6 @@ TINY = ["--suite", "mt1:reach-v3", "--steps-per-env", "100", "--learning-starts"
         "--batch-size", "16", "--buffer-size", "1000", "--hidden-sizes", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks gain nothing from threads and lose much on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def captured(monkeypatch):
     """Replace the run itself: record the Config the command would train."""

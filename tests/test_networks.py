@@ -16,15 +16,6 @@ from taper.networks import (Body, CompositionalLinear, SharedUnique, convex_rese
                             task_groups, triplet_loss, triplet_rows)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def distinct_sets(layer: CompositionalLinear, seed: int) -> CompositionalLinear:
     """Give every parameter set its own values (they start as copies), nn.Linear's scale."""
     g = torch.Generator().manual_seed(seed)

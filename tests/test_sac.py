@@ -18,15 +18,6 @@ METHODS = ("mtsac", "paco", "taper")
 OBS, ACT = 3, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(method: str, **overrides) -> Config:
     values = dict(method=method, hidden_sizes=(8, 8), unique_hidden_sizes=(8,), unique_dim=3,
                   num_param_sets=3, batch_size=12)

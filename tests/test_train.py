@@ -25,15 +25,6 @@ TINY = dict(hidden_sizes=(16,), unique_hidden_sizes=(16,), unique_dim=8, num_par
             batch_size=32, buffer_size=4000, episode_length=50, eval_episodes=1)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks gain nothing from threads and lose much on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(out: Path, **overrides) -> Config:
     """A run of seconds: one cheap task, tiny networks."""
     values = dict(suite="mt1:reach-v3", steps_per_env=300, learning_starts=50, eval_every=100,
