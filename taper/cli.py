@@ -157,3 +157,22 @@ def eval_command(run_dir, episodes, device) -> None:
     for name, success, ret in zip(spec.task_names, result["success"], result["return"]):
         click.echo(f"{name:<{width}}  {success:7.2f}  {ret:8.1f}")
     click.echo(f"{'mean':<{width}}  {result['mean_success']:7.2f}  {result['mean_return']:8.1f}")
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also save success curves of all runs, one panel per task, to this PNG.")
+def report_command(run_dirs, plot_path) -> None:
+    """Per-task success % at every evaluation of each RUN_DIR (a markdown table)."""
+    from taper import report
+
+    try:
+        for run_dir in run_dirs:
+            click.echo(report.markdown_table(run_dir) + "\n")
+        if plot_path:
+            report.plot(list(run_dirs), plot_path)
+            click.echo(f"figure: {plot_path}")
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
