@@ -61,7 +61,7 @@ _CONFIG_OPTIONS = (
     click.option("--suite", help="mt10-rand, mt50-rand, mt10, mt50, mt1:<task> or gym:<EnvId>."
                  "  [default: mt10-rand]"),
     click.option("--method", type=click.Choice(METHODS), help="[default: taper]"),
-    click.option("--sampler", type=click.Choice(SAMPLERS), help="[default: ta-per]"),
+    click.option("--sampler", type=click.Choice(SAMPLERS), help="[default: ta-per for taper, uniform for mtsac and paco]"),
     click.option("--seed", type=int, help="[default: 0]"),
     click.option("--preset", type=click.Choice(tuple(PRESETS)),
                  help="Sizes to start from.  [default: paper on CUDA, cpu-small otherwise]"),

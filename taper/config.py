@@ -49,8 +49,9 @@ class Config:
     """Task suite: mt10-rand, mt50-rand, mt10, mt50, mt1:<task>, gym:<EnvId>."""
     method: str = "taper"
     """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique features)."""
-    sampler: str = "ta-per"
-    """Replay strategy: uniform, average, per, ta-per."""
+    sampler: str | None = None
+    """Replay strategy: uniform, average, per, ta-per; None: ta-per for taper, uniform for
+    mtsac and paco (the samplers of their papers)."""
     seed: int = 0
     """Seed of numpy, torch and the environments."""
     preset: str = "cpu-small"
@@ -129,6 +130,8 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
+        if self.sampler is None:
+            object.__setattr__(self, "sampler", "ta-per" if self.method == "taper" else "uniform")
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("preset", self.preset, tuple(PRESETS))

@@ -1,0 +1,49 @@
+"""Config: presets, per-method sampler defaults, quota bounds (Eq. 5), validation, JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from taper.config import PRESETS, Config
+
+
+def test_sampler_defaults_follow_the_method():
+    assert Config(method="taper").sampler == "ta-per"
+    assert Config(method="paco").sampler == "uniform"
+    assert Config(method="mtsac").sampler == "uniform"
+    assert Config(method="paco", sampler="ta-per").sampler == "ta-per"
+
+
+def test_presets_apply_then_overrides_win():
+    cfg = Config.from_preset("paper", batch_size=640, seed=None)
+    assert cfg.hidden_sizes == (400, 400, 400) and cfg.batch_size == 640 and cfg.seed == 0
+    assert Config() == Config.from_preset("cpu-small"), "the defaults are the cpu-small preset"
+    assert Config.from_preset("paper").steps_per_env == PRESETS["paper"]["steps_per_env"]
+
+
+def test_quota_bounds_default_to_a_quarter_and_four_times_the_even_share():
+    assert Config.from_preset("paper").quota_bounds(10) == (32, 512)
+    assert Config(batch_size=100).quota_bounds(3) == (8, 100)
+    assert Config(batch_size=100, sampler="uniform").quota_bounds(3) == (0, 100)
+    assert Config(batch_size=100, k_min=5, k_max=40).quota_bounds(3) == (5, 40)
+    with pytest.raises(ValueError, match="k_min=40, k_max=50 are infeasible for batch_size=100"):
+        Config(batch_size=100, k_min=40, k_max=50).quota_bounds(3)
+    with pytest.raises(ValueError, match="k_max=20"):
+        Config(batch_size=100, k_max=20).quota_bounds(3)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (dict(method="sac"), "method='sac'"), (dict(sampler="rank"), "sampler='rank'"),
+    (dict(steps_per_env=-1), "steps_per_env=-1"), (dict(gamma=1.0), "gamma=1.0"),
+    (dict(per_beta=2.0), "per_beta=2.0"), (dict(hidden_sizes=(64, 0)), "hidden_sizes"),
+    (dict(k_min=-1), "k_min=-1"), (dict(device="tpu"), "device='tpu'"),
+    (dict(triplet_margin=0.0), "triplet_margin=0.0")])
+def test_bad_values_raise_naming_the_value(overrides, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(".", r"\.")):
+        Config(**overrides)
+
+
+def test_json_round_trip(tmp_path):
+    cfg = Config.from_preset("paper", suite="mt50-rand", method="paco", k_min=3)
+    (tmp_path / "config.json").write_text(cfg.to_json())
+    assert Config.load(tmp_path) == cfg
