@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 FANOUT = 8
+"""Children per node; `descend` and `node_sum` are written out for exactly 8."""
 
 
 def tree_width(capacity: int) -> int:
@@ -72,6 +73,15 @@ def td_priorities(td_errors, eps, alpha, out):
 
 
 @njit(cache=True)
+def node_sum(trees, row, first):
+    """Sum of the 8 children trees[row, first:first + 8], added in pairs as `descend` adds them."""
+    return ((trees[row, first] + trees[row, first + 1])
+            + (trees[row, first + 2] + trees[row, first + 3])) + (
+        (trees[row, first + 4] + trees[row, first + 5])
+        + (trees[row, first + 6] + trees[row, first + 7]))
+
+
+@njit(cache=True)
 def tree_update(trees, tasks, slots, values):
     """Write leaves and restore every sum on their paths to the roots (updates `trees` in place).
 
@@ -90,11 +100,7 @@ def tree_update(trees, tasks, slots, values):
     while level > 1:
         for j in range(n):
             node = nodes[j] // FANOUT
-            row = tasks[j]
-            total = 0.0
-            for child in range(FANOUT * node, FANOUT * node + FANOUT):
-                total += trees[row, child]
-            trees[row, node] = total
+            trees[tasks[j], node] = node_sum(trees, tasks[j], FANOUT * node)
             nodes[j] = node
         level //= FANOUT
 
@@ -110,10 +116,7 @@ def tree_rebuild(trees):
         level = leaves // FANOUT
         while level >= 1:
             for node in range(level, 2 * level):
-                total = 0.0
-                for child in range(FANOUT * node, FANOUT * node + FANOUT):
-                    total += trees[row, child]
-                trees[row, node] = total
+                trees[row, node] = node_sum(trees, row, FANOUT * node)
             level //= FANOUT
 
 
@@ -124,8 +127,10 @@ def descend(trees, tasks, targets, out_slots):
 
     trees: (N, 2P) float64; tasks: (B,) int64; targets: (B,) float64 in [0, S_task) (read only);
     out_slots: (B,) int64. All B draws step down one level together, so the loads of one level
-    are independent and overlap in memory. A target that rounding pushes past a node's mass
-    goes to its last non-empty child, so a draw never lands on an empty leaf.
+    are independent and overlap in memory. Inside a node the 8 children are searched by
+    halving (4 | 4, then 2 | 2, then 1 | 1) with selects instead of branches. A half with no
+    mass is never entered, so a target that rounding pushes past a node's mass goes to its
+    last non-empty child and a draw never lands on an empty leaf.
     """
     leaves = trees.shape[1] // 2
     n = tasks.shape[0]
@@ -137,23 +142,25 @@ def descend(trees, tasks, targets, out_slots):
         for j in range(n):
             row = tasks[j]
             first = FANOUT * out_slots[j]
-            target = mass[j]
-            running = 0.0
-            before = 0.0
-            chosen = 0
-            last = 0
-            for child in range(FANOUT):  # branch-free: count the children that end <= target
-                m = trees[row, first + child]
-                running += m
-                passed = target >= running
-                chosen += passed
-                before = running if passed else before
-                last = child if m > 0.0 else last
-            if chosen == FANOUT:  # rounding put the target past this node's mass
-                chosen = last
-                before -= trees[row, first + last]
-            mass[j] = target - before
-            out_slots[j] = first + chosen
+            t = mass[j]
+            pair01 = trees[row, first] + trees[row, first + 1]
+            pair23 = trees[row, first + 2] + trees[row, first + 3]
+            pair45 = trees[row, first + 4] + trees[row, first + 5]
+            pair67 = trees[row, first + 6] + trees[row, first + 7]
+            left = pair01 + pair23
+            right = pair45 + pair67
+            go = t >= left and right > 0.0
+            t = t - left if go else t
+            left = pair45 if go else pair01
+            right = pair67 if go else pair23
+            base = first + 4 if go else first
+            go = t >= left and right > 0.0
+            t = t - left if go else t
+            base = base + 2 if go else base
+            left = trees[row, base]
+            go = t >= left and trees[row, base + 1] > 0.0
+            mass[j] = t - left if go else t
+            out_slots[j] = base + 1 if go else base
         level *= FANOUT
     for j in range(n):
         out_slots[j] -= leaves
