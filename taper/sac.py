@@ -331,6 +331,8 @@ class Agent:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; one saved on another device type loads too (tensors are
+        mapped by torch.load, the random stream restarts from cfg.seed)."""
         self.method.load_state_dict(state["method"])
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
@@ -339,4 +341,7 @@ class Agent:
             self.log_alpha.copy_(state["log_alpha"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
-        self.generator.set_state(state["generator"])
+        if state["generator"].numel() == self.generator.get_state().numel():
+            self.generator.set_state(state["generator"])
+        else:  # saved on another device type (CUDA vs CPU): continue with a fresh stream
+            self.generator.manual_seed(self.cfg.seed)

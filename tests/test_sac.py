@@ -284,6 +284,21 @@ def test_state_dict_round_trip_gives_identical_outputs(method):
     np.testing.assert_array_equal(td1, td2)
 
 
+def test_a_checkpoint_from_another_device_type_loads_with_a_fresh_random_stream():
+    agent = Agent(tiny("paco"), OBS, ACT, 3, "cpu")
+    agent.update(make_batch(IDS, seed=0))
+    state = agent.state_dict()
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator state
+    restored = Agent(tiny("paco", seed=7), OBS, ACT, 3, "cpu")
+    restored.load_state_dict(state)
+    obs = np.random.default_rng(1).normal(size=(4, OBS))
+    ids = np.array([0, 1, 2, 0])
+    np.testing.assert_array_equal(agent.act(obs, ids, True), restored.act(obs, ids, True))
+    fresh = Agent(tiny("paco", seed=7), OBS, ACT, 3, "cpu")
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(restored.act(obs, ids, False), fresh.act(obs, ids, False))
+
+
 def test_same_seed_same_updates_and_config_checks():
     a, b = (Agent(tiny("taper", seed=3), OBS, ACT, 3, "cpu") for _ in range(2))
     for seed in range(2):
