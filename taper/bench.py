@@ -16,6 +16,7 @@ from importlib import import_module
 
 import numpy as np
 
+from taper.config import Config
 from taper.replay import STRATEGIES, ReplayBuffer
 
 WARMUP = 5
@@ -43,9 +44,9 @@ class _Taper:
 
     def __init__(self, strategy, num_tasks, capacity, obs_dim, act_dim, batch_size, seed):
         rng = np.random.default_rng(seed)
+        k_min, k_max = Config(batch_size=batch_size, sampler="ta-per").quota_bounds(num_tasks)
         self.buf = ReplayBuffer(num_tasks, capacity, obs_dim, act_dim, strategy=strategy,
-                                k_min=batch_size // (4 * num_tasks),
-                                k_max=min(batch_size, -(-4 * batch_size // num_tasks)), seed=seed)
+                                k_min=k_min, k_max=k_max, seed=seed)
         tasks = np.repeat(np.arange(num_tasks), capacity)
         self.buf.add(tasks, **_fill_arrays(rng, tasks.size, obs_dim, act_dim))
         self.buf.update_priorities(np.arange(tasks.size), rng.exponential(1.0, tasks.size))

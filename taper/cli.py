@@ -116,7 +116,7 @@ def train_command(resume, **options) -> None:
             + ", ".join("--" + name.replace("_", "-") for name in given))
     try:
         if resume is not None:
-            cfg = train.load_config(resume)
+            cfg = Config.load(resume)
             train.check(cfg, resume)
             where = f"resuming {resume}"
         else:

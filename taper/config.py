@@ -195,9 +195,17 @@ class Config:
             values[name] = tuple(values[name])
         return cls(**values)
 
+    def save(self, run_dir: str | Path) -> None:
+        """Write config.json into the run folder `run_dir`."""
+        (Path(run_dir) / "config.json").write_text(self.to_json())
+
     @classmethod
     def load(cls, run_dir: str | Path) -> "Config":
-        return cls.from_json((Path(run_dir) / "config.json").read_text())
+        """The Config of a run folder; ValueError if it has no config.json."""
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"run folder {str(run_dir)!r} has no config.json")
+        return cls.from_json(path.read_text())
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 from taper.config import Config
 
 
-def eval_curves(run_dir: str | Path, value: str = "success") -> tuple[list[int], list[str], np.ndarray]:
-    """(steps, task names, `value` (len(steps), len(tasks))) from a run's `eval` rows;
-    value is "success" or "return"."""
+def eval_curves(run_dir: str | Path) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
+    """(steps, task names, success, return) from a run's `eval` rows; the last two are
+    (len(steps), len(tasks)) arrays."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"run_dir={str(run_dir)!r} has no metrics.jsonl")
@@ -24,17 +24,17 @@ def eval_curves(run_dir: str | Path, value: str = "success") -> tuple[list[int],
     rows = [r for r in rows if r.get("kind") == "eval"]
     steps = sorted({r["step"] for r in rows})
     tasks = [name for _, name in sorted({(r["task_id"], r["task"]) for r in rows})]
-    success = np.full((len(steps), len(tasks)), np.nan)
+    success, returns = (np.full((len(steps), len(tasks)), np.nan) for _ in range(2))
     for r in rows:
-        success[steps.index(r["step"]), r["task_id"]] = r[value]
-    return steps, tasks, success
+        at = steps.index(r["step"]), r["task_id"]
+        success[at], returns[at] = r["success"], r["return"]
+    return steps, tasks, success, returns
 
 
 def markdown_table(run_dir: str | Path) -> str:
     """Success % per task (columns) at every evaluation step (rows), with the task mean and
     the mean episode return."""
-    steps, tasks, success = eval_curves(run_dir)
-    returns = eval_curves(run_dir, "return")[2]
+    steps, tasks, success, returns = eval_curves(run_dir)
     cfg = Config.load(run_dir)
     lines = [f"{cfg.suite}, method {cfg.method}, sampler {cfg.sampler}, seed {cfg.seed} "
              f"({cfg.eval_episodes} episodes per task)", "",
@@ -56,7 +56,7 @@ def plot(run_dirs: list[str | Path], path: str | Path) -> None:
 
     curves = [eval_curves(d) for d in run_dirs]
     tasks = curves[0][1]
-    for run_dir, (_, other, _) in zip(run_dirs, curves):
+    for run_dir, (_, other, _, _) in zip(run_dirs, curves):
         if other != tasks:
             raise ValueError(f"run_dir={str(run_dir)!r} has tasks {other}, the first run "
                              f"{tasks}: plot runs of one suite together")
@@ -64,7 +64,7 @@ def plot(run_dirs: list[str | Path], path: str | Path) -> None:
     rows = -(-(len(tasks) + 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), sharex=True, sharey=True)
     axes = axes.ravel()
-    for run_dir, (steps, _, success) in zip(run_dirs, curves):
+    for run_dir, (steps, _, success, _) in zip(run_dirs, curves):
         cfg = Config.load(run_dir)
         label = f"{cfg.method}+{cfg.sampler} s{cfg.seed}"
         for i, ax in enumerate(axes[:len(tasks)]):

@@ -36,7 +36,6 @@ from taper.config import Config
 from taper.replay import ReplayBuffer
 from taper.sac import Agent, resolve_device
 
-CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tensorboard"
@@ -58,7 +57,7 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
         run_dir = run_dir_for(cfg)
         cfg = dataclasses.replace(cfg, out=str(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(cfg.to_json())
+        cfg.save(run_dir)
     else:
         run_dir = Path(resume)
     _configure_torch(cfg)
@@ -270,7 +269,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     run's own evaluation there.
     """
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
+    cfg = Config.load(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
     agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, _device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
@@ -299,7 +298,7 @@ def check(cfg: Config, resume: str | Path | None = None) -> suites.SuiteSpec:
             raise ValueError(f"out={cfg.out!r} is not empty; continue it with resume "
                              "(taper train --resume) or choose another folder")
         return spec
-    saved = load_config(Path(resume))
+    saved = Config.load(resume)
     changed = [f.name for f in dataclasses.fields(Config) if f.name != "out"
                and getattr(saved, f.name) != getattr(cfg, f.name)]
     if changed:
@@ -364,19 +363,9 @@ def _device(name: str) -> torch.device:
 
 
 def _configure_torch(cfg: Config) -> None:
-    """Deterministic mode: deterministic kernels and one CPU thread (process-wide settings)."""
+    """Deterministic mode: one CPU thread (the Agent turns on deterministic kernels)."""
     if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.set_num_threads(1)
-
-
-def load_config(run_dir: str | Path) -> Config:
-    """The Config of a run folder; ValueError if it has none."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise ValueError(f"run folder {str(run_dir)!r} has no {CONFIG}")
-    return Config.load(run_dir)
 
 
 # ---------------------------------------------------------------------- checkpoints

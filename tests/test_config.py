@@ -45,5 +45,5 @@ def test_bad_values_raise_naming_the_value(overrides, named):
 
 def test_json_round_trip(tmp_path):
     cfg = Config.from_preset("paper", suite="mt50-rand", method="paco", k_min=3)
-    (tmp_path / "config.json").write_text(cfg.to_json())
+    cfg.save(tmp_path)
     assert Config.load(tmp_path) == cfg

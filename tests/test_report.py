@@ -28,9 +28,10 @@ def fake_run(path, suite, tasks, success):
 
 def test_curves_and_table_read_the_eval_rows(tmp_path):
     run = fake_run(tmp_path / "a", "mt10-rand", ["t0", "t1"], [[0.0, 0.2], [0.6, 1.0]])
-    steps, tasks, success = report.eval_curves(run)
+    steps, tasks, success, returns = report.eval_curves(run)
     assert steps == [10, 20] and tasks == ["t0", "t1"]
     np.testing.assert_array_equal(success, [[0.0, 0.2], [0.6, 1.0]])
+    np.testing.assert_array_equal(returns, [[0.0, 20.0], [60.0, 100.0]])
     table = report.markdown_table(run)
     assert "| 10 | 0 | 20 | 10.0 | 10.0 |" in table and "| 20 | 60 | 100 | 80.0 | 80.0 |" in table
 
