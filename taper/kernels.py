@@ -17,10 +17,53 @@ draw or an update touches 6 cache lines instead of 17.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import config, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 FANOUT = 8
 """Children per node; `descend` and `node_sum` are written out for exactly 8."""
+ALIGNMENT = 64
+"""Bytes; a tree array starting on a cache line keeps every node's 8 children in one line."""
+
+
+@intrinsic
+def _prefetch_compiled(typingctx, array, row, col):
+    """LLVM's prefetch hint (read, keep in all cache levels) for the line of array[row, col]."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, args[1:])
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        hint = builder.module.declare_intrinsic(
+            "llvm.prefetch", [byte_pointer],
+            ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]))
+        builder.call(hint, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 0),
+                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, row, col), codegen
+
+
+def _prefetch_python(array, row, col):
+    """Interpreted kernels (NUMBA_DISABLE_JIT=1) have no cache hints to give."""
+
+
+prefetch = _prefetch_python if config.DISABLE_JIT else _prefetch_compiled
+"""prefetch(array, row, col): start loading the cache line of array[row, col]; no effect on
+results. The batched kernels issue it for a draw's next node while the other draws proceed."""
+
+
+def aligned_zeros(shape, dtype=np.float64) -> np.ndarray:
+    """np.zeros whose data starts on an ALIGNMENT-byte boundary (numpy guarantees only 16)."""
+    itemsize = np.dtype(dtype).itemsize
+    size = int(np.prod(shape))
+    raw = np.zeros(size + ALIGNMENT // itemsize, dtype)
+    offset = (-raw.ctypes.data % ALIGNMENT) // itemsize
+    return raw[offset:offset + size].reshape(shape)
 
 
 def tree_width(capacity: int) -> int:
@@ -88,7 +131,8 @@ def tree_update(trees, tasks, slots, values):
     trees: (N, 2P) float64; tasks, slots: (B,) int64; values: (B,) float64, the new p^alpha.
     All B paths step up one level together (level-synchronous), each parent recomputed as the
     sum of its F children, so no float error accumulates and repeated leaves are harmless (the
-    last write of a leaf wins).
+    last write of a leaf wins). A parent equal to the previous path's is not recomputed: a
+    sampled batch comes sorted by task and slot, so near the roots most paths share it.
     """
     leaves = trees.shape[1] // 2
     n = tasks.shape[0]
@@ -98,10 +142,13 @@ def tree_update(trees, tasks, slots, values):
         trees[tasks[j], nodes[j]] = values[j]
     level = leaves
     while level > 1:
+        previous_task, previous_node = -1, -1
         for j in range(n):
             node = nodes[j] // FANOUT
-            trees[tasks[j], node] = node_sum(trees, tasks[j], FANOUT * node)
             nodes[j] = node
+            if node != previous_node or tasks[j] != previous_task:
+                trees[tasks[j], node] = node_sum(trees, tasks[j], FANOUT * node)
+                previous_task, previous_node = tasks[j], node
         level //= FANOUT
 
 
@@ -126,11 +173,12 @@ def descend(trees, tasks, targets, out_slots):
     leaves first exceeds targets[j].
 
     trees: (N, 2P) float64; tasks: (B,) int64; targets: (B,) float64 in [0, S_task) (read only);
-    out_slots: (B,) int64. All B draws step down one level together, so the loads of one level
-    are independent and overlap in memory. Inside a node the 8 children are searched by
-    halving (4 | 4, then 2 | 2, then 1 | 1) with selects instead of branches. A half with no
-    mass is never entered, so a target that rounding pushes past a node's mass goes to its
-    last non-empty child and a draw never lands on an empty leaf.
+    out_slots: (B,) int64. All B draws step down one level together, and each draw prefetches
+    its next node while the others step, so the loads of a level overlap in memory. Inside a
+    node the 8 children are searched by halving (4 | 4, then 2 | 2, then 1 | 1) with no
+    data-dependent branch: a random target would mispredict half of them. A half with no mass
+    is never entered, so a target that rounding pushes past a node's mass goes to its last
+    non-empty child and a draw never lands on an empty leaf.
     """
     leaves = trees.shape[1] // 2
     n = tasks.shape[0]
@@ -143,24 +191,23 @@ def descend(trees, tasks, targets, out_slots):
             row = tasks[j]
             first = FANOUT * out_slots[j]
             t = mass[j]
-            pair01 = trees[row, first] + trees[row, first + 1]
-            pair23 = trees[row, first + 2] + trees[row, first + 3]
-            pair45 = trees[row, first + 4] + trees[row, first + 5]
-            pair67 = trees[row, first + 6] + trees[row, first + 7]
-            left = pair01 + pair23
-            right = pair45 + pair67
-            go = t >= left and right > 0.0
-            t = t - left if go else t
-            left = pair45 if go else pair01
-            right = pair67 if go else pair23
-            base = first + 4 if go else first
-            go = t >= left and right > 0.0
-            t = t - left if go else t
-            base = base + 2 if go else base
+            left = ((trees[row, first] + trees[row, first + 1])
+                    + (trees[row, first + 2] + trees[row, first + 3]))
+            right = ((trees[row, first + 4] + trees[row, first + 5])
+                     + (trees[row, first + 6] + trees[row, first + 7]))
+            go = (t >= left) & (right > 0.0)  # `&`, not `and`: no branch
+            t -= left * go  # exact: subtracts left or 0.0
+            base = first + 4 * go
+            left = trees[row, base] + trees[row, base + 1]
+            right = trees[row, base + 2] + trees[row, base + 3]
+            go = (t >= left) & (right > 0.0)
+            t -= left * go
+            base += 2 * go
             left = trees[row, base]
-            go = t >= left and trees[row, base + 1] > 0.0
-            mass[j] = t - left if go else t
-            out_slots[j] = base + 1 if go else base
+            go = (t >= left) & (trees[row, base + 1] > 0.0)
+            mass[j] = t - left * go
+            out_slots[j] = base + go
+            prefetch(trees, row, (FANOUT * out_slots[j]) & (trees.shape[1] - 1))  # in the row
         level *= FANOUT
     for j in range(n):
         out_slots[j] -= leaves

@@ -80,7 +80,7 @@ class ReplayBuffer:
         self.positions = np.zeros(self.num_tasks, np.int64)
         self.counts = np.zeros(self.num_tasks, np.int64)
         width = kernels.tree_width(self.capacity_per_task) if strategy in PRIORITIZED else 2
-        self.trees = np.zeros((self.num_tasks, width), np.float64)
+        self.trees = kernels.aligned_zeros((self.num_tasks, width))
         self.max_priority = 1.0
         self._updates = 0
 
