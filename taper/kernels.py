@@ -26,6 +26,10 @@ FANOUT = 8
 """Children per node; `descend` and `node_sum` are written out for exactly 8."""
 ALIGNMENT = 64
 """Bytes; a tree array starting on a cache line keeps every node's 8 children in one line."""
+MERGE_NODES = 64
+"""Nodes of the deepest tree level that sorted draws reach by a merge instead of a search."""
+GATHER_AHEAD = 8
+"""Rows `gather_rows` prefetches ahead of the one it copies."""
 
 
 @intrinsic
@@ -105,14 +109,18 @@ def split_indices(indices, counts, capacity, out_tasks, out_slots):
 
 @njit(cache=True)
 def td_priorities(td_errors, eps, alpha, out):
-    """Stored priorities p = (|td| + eps)^alpha (Eq. 2 into Eq. 3); returns the position of the
-    first td error whose priority is not finite (NaN, inf, or overflow), else -1.
-    td_errors: (B,) float64; out: (B,) float64."""
+    """Stored priorities p = (|td| + eps)^alpha (Eq. 2 into Eq. 3).
+
+    td_errors: (B,) float64; out: (B,) float64. Returns (position of the first td error whose
+    priority is not finite (NaN, inf, or overflow) or -1, the largest priority).
+    """
+    largest = 0.0
     for j in range(td_errors.shape[0]):
         out[j] = (abs(td_errors[j]) + eps) ** alpha
         if not np.isfinite(out[j]):
-            return j
-    return -1
+            return j, largest
+        largest = max(largest, out[j])
+    return -1, largest
 
 
 @njit(cache=True)
@@ -173,23 +181,33 @@ def descend(trees, tasks, targets, out_slots):
     leaves first exceeds targets[j].
 
     trees: (N, 2P) float64; tasks: (B,) int64; targets: (B,) float64 in [0, S_task) (read only);
-    out_slots: (B,) int64. All B draws step down one level together, and each draw prefetches
-    its next node while the others step, so the loads of a level overlap in memory. Inside a
-    node the 8 children are searched by halving (4 | 4, then 2 | 2, then 1 | 1) with no
-    data-dependent branch: a random target would mispredict half of them. A half with no mass
-    is never entered, so a target that rounding pushes past a node's mass goes to its last
-    non-empty child and a draw never lands on an empty leaf.
+    out_slots: (B,) int64. A target that rounding pushes past the mass goes to the last
+    non-empty leaf: a draw never lands on an empty one.
+    """
+    mass = targets.copy()
+    out_slots[:] = 1
+    descend_from(trees, tasks, 1, out_slots, mass)
+    out_slots -= trees.shape[1] // 2
+
+
+@njit(cache=True)
+def descend_from(trees, tasks, level, nodes, mass):
+    """Take draws from tree level `level` (a power of 8; its nodes are columns [level, 2 level))
+    down to the leaves (updates `nodes` and `mass` in place).
+
+    nodes: (B,) int64, each draw's node at that level, ends as its leaf's column; mass: (B,)
+    float64, the target left inside the node, ends as the target left inside the leaf. All B
+    draws step down one level together, and each draw prefetches its next node while the
+    others step, so the loads of a level overlap in memory. Inside a node the 8 children are
+    searched by halving (4 | 4, then 2 | 2, then 1 | 1) with no data-dependent branch: a random
+    target would mispredict half of them. A half with no mass is never entered.
     """
     leaves = trees.shape[1] // 2
     n = tasks.shape[0]
-    mass = targets.copy()
-    for j in range(n):
-        out_slots[j] = 1
-    level = 1
     while level < leaves:
         for j in range(n):
             row = tasks[j]
-            first = FANOUT * out_slots[j]
+            first = FANOUT * nodes[j]
             t = mass[j]
             left = ((trees[row, first] + trees[row, first + 1])
                     + (trees[row, first + 2] + trees[row, first + 3]))
@@ -206,11 +224,51 @@ def descend(trees, tasks, targets, out_slots):
             left = trees[row, base]
             go = (t >= left) & (trees[row, base + 1] > 0.0)
             mass[j] = t - left * go
-            out_slots[j] = base + go
-            prefetch(trees, row, (FANOUT * out_slots[j]) & (trees.shape[1] - 1))  # in the row
+            nodes[j] = base + go
+            if FANOUT * level < leaves:  # the children of a leaf would be a wasted load
+                prefetch(trees, row, FANOUT * nodes[j])
         level *= FANOUT
-    for j in range(n):
-        out_slots[j] -= leaves
+
+
+@njit(cache=True)
+def merge_level(trees, tasks, targets, level, out_nodes, out_mass):
+    """Resolve draws down to tree level `level` when each task's targets come contiguous and
+    increasing, as stratified targets do: one walk along the level's nodes per task instead of
+    a search per draw and level above it.
+
+    A draw stops at the first node whose running sum (of the nodes before it, plus its own)
+    exceeds its target; empty nodes are stepped over, and the last non-empty node takes any
+    rounding overshoot. out_nodes: (B,) int64 node columns; out_mass: (B,) float64, the target
+    minus the mass before the node. Ready for `descend_from(trees, tasks, level, ...)`.
+    """
+    n = tasks.shape[0]
+    j = 0
+    while j < n:
+        task = tasks[j]
+        last = 2 * level - 1
+        while last > level and trees[task, last] <= 0.0:
+            last -= 1
+        node, before = level, 0.0
+        while j < n and tasks[j] == task:
+            t = targets[j]
+            while node < last and t >= before + trees[task, node]:
+                before += trees[task, node]
+                node += 1
+            out_nodes[j] = node
+            out_mass[j] = t - before
+            if level < trees.shape[1] // 2:
+                prefetch(trees, task, FANOUT * node)
+            j += 1
+
+
+@njit(cache=True)
+def merged_level(trees):
+    """The tree level `sample_ta_per` and `sample_per` reach by `merge_level`: MERGE_NODES
+    nodes, or the leaves of a smaller tree."""
+    level = 1
+    while level < trees.shape[1] // 2 and FANOUT * level <= MERGE_NODES:
+        level *= FANOUT
+    return level
 
 
 @njit(cache=True)
@@ -233,11 +291,21 @@ def sample_ta_per(trees, quotas, u, out_tasks, out_slots, out_probs):
             out_tasks[start + j] = task
             targets[start + j] = (j + u[start + j]) * segment
         start += k
-    descend(trees, out_tasks, targets, out_slots)
+    _descend_sorted(trees, out_tasks, targets, out_slots)
     for j in range(batch):
         task = out_tasks[j]
         share = quotas[task] / batch
         out_probs[j] = share * trees[task, leaves + out_slots[j]] / trees[task, 1]
+
+
+@njit(cache=True)
+def _descend_sorted(trees, tasks, targets, out_slots):
+    """`descend` for targets increasing within each task's contiguous draws: merge, then halve."""
+    level = merged_level(trees)
+    mass = np.empty(targets.shape[0], np.float64)
+    merge_level(trees, tasks, targets, level, out_slots, mass)
+    descend_from(trees, tasks, level, out_slots, mass)
+    out_slots -= trees.shape[1] // 2
 
 
 @njit(cache=True)
@@ -268,7 +336,7 @@ def sample_per(trees, u, out_tasks, out_slots, out_probs):
             task += 1
         out_tasks[j] = task
         targets[j] = target - before
-    descend(trees, out_tasks, targets, out_slots)
+    _descend_sorted(trees, out_tasks, targets, out_slots)
     for j in range(batch):
         out_probs[j] = trees[out_tasks[j], leaves + out_slots[j]] / total
 
@@ -375,27 +443,38 @@ def _clipped_sum(share, counts, lam, k_min, k_max):
 
 
 @njit(cache=True)
-def is_weights(probs, stored, beta, out):
+def is_weights(probs, beta, out):
     """Importance-sampling weights (Eq. 4): w_j = (1 / (M * P(j)))^beta / max_batch w.
 
-    probs: (K,) float64 draw probabilities P(j); stored: M, transitions in the buffer;
-    out: (K,) float32. The largest weight of the batch is 1.
+    probs: (K,) float64 draw probabilities P(j), all > 0; out: (K,) float32. M cancels in the
+    normalisation, so w_j = (P_min / P(j))^beta, at most 1 and exactly 1 for the least likely
+    draw. The power runs in float32, the output's precision, unless the ratio is below
+    float32's normal range (then in float64).
     """
-    largest = 0.0
+    smallest = np.inf
     for j in range(probs.shape[0]):
-        w = (stored * probs[j]) ** (-beta)
-        out[j] = w
-        largest = max(largest, w)
+        smallest = min(smallest, probs[j])
+    beta32 = np.float32(beta)
     for j in range(probs.shape[0]):
-        out[j] = out[j] / largest
+        ratio = smallest / probs[j]
+        out[j] = np.float32(ratio) ** beta32 if ratio >= 1e-30 else ratio ** beta
 
 
 @njit(cache=True)
 def gather_rows(storage, rows, out):
     """out[j] = storage[rows[j]]: copy K packed transition rows. storage: (R, W) float32;
-    rows: (K,) int64; out: (K, W) float32."""
+    rows: (K,) int64; out: (K, W) float32.
+
+    The cache lines of row j + GATHER_AHEAD are prefetched while row j is copied, so the misses
+    of several rows overlap instead of one row's at a time.
+    """
     width = storage.shape[1]
-    for j in range(rows.shape[0]):
-        row = rows[j]
-        for c in range(width):
-            out[j, c] = storage[row, c]
+    n = rows.shape[0]
+    for j in range(-GATHER_AHEAD, n):
+        if j + GATHER_AHEAD < n:
+            for column in range(0, width + 15, 16):  # one address in each 64-byte line
+                prefetch(storage, rows[j + GATHER_AHEAD], min(column, width - 1))
+        if j >= 0:
+            row = rows[j]
+            for c in range(width):
+                out[j, c] = storage[row, c]

@@ -19,6 +19,7 @@ few cache lines. Slots are global ids ``task * capacity_per_task + slot``.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -126,7 +127,7 @@ class ReplayBuffer:
         if indices.ndim != 1 or td_errors.shape != indices.shape:
             raise ValueError(f"indices {indices.shape} and td_errors {td_errors.shape} must be "
                              "1-D of the same length")
-        if not np.issubdtype(indices.dtype, np.integer):
+        if indices.dtype.kind not in "iu":
             raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
         indices = indices.astype(np.int64, copy=False)
         tasks, slots = np.empty_like(indices), np.empty_like(indices)
@@ -135,14 +136,14 @@ class ReplayBuffer:
             raise ValueError(f"index {indices[bad]} is not a stored slot (global ids are "
                              f"task * {self.capacity_per_task} + slot, slot < stored count)")
         priorities = np.empty_like(td_errors)
-        bad = kernels.td_priorities(td_errors, self.per_eps, self.per_alpha, priorities)
+        bad, largest = kernels.td_priorities(td_errors, self.per_eps, self.per_alpha, priorities)
         if bad >= 0:
             raise ValueError(f"td error {td_errors[bad]} gives a non-finite priority "
                              "(|td| + per_eps)^per_alpha; td errors must be finite")
         if self.strategy not in PRIORITIZED or not indices.size:
             return
         kernels.tree_update(self.trees, tasks, slots, priorities)
-        self.max_priority = max(self.max_priority, float(priorities.max()))
+        self.max_priority = max(self.max_priority, largest)
         self._updates += 1
         if self._updates % REBUILD_INTERVAL == 0:
             kernels.tree_rebuild(self.trees)
@@ -153,6 +154,9 @@ class ReplayBuffer:
         per (whose per-task counts are random) the expected counts K*M_i/M and K*S_i/S,
         rounded by largest remainder."""
         _check_positive_int("batch_size", batch_size)
+        return self._quotas(batch_size)
+
+    def _quotas(self, batch_size: int) -> np.ndarray:
         k_min, k_max = 0, batch_size
         if self.strategy in PRIORITIZED:
             weights = self.trees[:, 1]
@@ -185,7 +189,7 @@ class ReplayBuffer:
         """Draw a batch of K transitions, grouped by task, with IS weights for per/ta-per."""
         _check_positive_int("batch_size", batch_size)
         beta = self.per_beta if beta is None else _check_beta(beta, "beta")
-        if len(self) == 0:
+        if not self.counts.any():
             raise ValueError("cannot sample from an empty ReplayBuffer: add transitions first")
         tasks = np.empty(batch_size, np.int64)
         slots = np.empty(batch_size, np.int64)
@@ -196,7 +200,7 @@ class ReplayBuffer:
             kernels.uniform_counts(self.counts, u[:batch_size], counts)
             kernels.sample_within_tasks(self.counts, counts, u[batch_size:], tasks, slots)
         elif self.strategy == "average":
-            kernels.sample_within_tasks(self.counts, self.quotas(batch_size),
+            kernels.sample_within_tasks(self.counts, self._quotas(batch_size),
                                         self.rng.random(batch_size), tasks, slots)
         else:
             probs = np.empty(batch_size, np.float64)
@@ -204,8 +208,8 @@ class ReplayBuffer:
             if self.strategy == "per":
                 kernels.sample_per(self.trees, u, tasks, slots, probs)
             else:
-                kernels.sample_ta_per(self.trees, self.quotas(batch_size), u, tasks, slots, probs)
-            kernels.is_weights(probs, len(self), beta, weights)
+                kernels.sample_ta_per(self.trees, self._quotas(batch_size), u, tasks, slots, probs)
+            kernels.is_weights(probs, beta, weights)
         indices = tasks * self.capacity_per_task + slots
         rows = np.empty((batch_size, self.storage.shape[1]), np.float32)
         kernels.gather_rows(self.storage, indices, rows)
@@ -237,7 +241,7 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ validation
     def _check_feasible(self, batch_size: int, k_min: int, k_max: int) -> None:
-        n = int((self.counts > 0).sum())
+        n = np.count_nonzero(self.counts)
         if n == 0:
             raise ValueError("cannot sample from an empty ReplayBuffer: add transitions first")
         if not n * k_min <= batch_size <= n * k_max:
@@ -252,6 +256,6 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def _check_beta(beta: float, name: str) -> float:
-    if not (np.isfinite(beta) and 0 <= beta <= 1):
+    if not (math.isfinite(beta) and 0 <= beta <= 1):
         raise ValueError(f"{name}={beta!r} must be in [0, 1]")
     return float(beta)
