@@ -11,7 +11,12 @@ t's tree like a heap: the root (the task's total S_t) at column 1, the children 
 at columns F*c .. F*c + F - 1, so leaf `slot` sits at column P + slot and the level of size s
 at columns [s, 2s); other columns are unused zeros. Leaves hold stored priorities p^alpha,
 empty slots 0. Fan-out 8 makes a 100k-slot tree 6 levels deep instead of 17 (binary), so a
-draw or an update touches 6 cache lines instead of 17.
+draw or an update touches 6 cache lines instead of 17 (one each when the array starts on a
+cache line: `aligned_zeros`).
+
+Speed comes from the memory system more than from arithmetic: batched kernels step all draws
+one level at a time and `prefetch` each draw's next line, and the search inside a node has no
+data-dependent branch (a mispredicted branch costs more than the whole search).
 """
 
 from __future__ import annotations
@@ -276,9 +281,10 @@ def sample_ta_per(trees, quotas, u, out_tasks, out_slots, out_probs):
     """TA-PER draws: quotas[i] stratified draws from task i's tree, grouped by task.
 
     trees: (N, 2P) float64; quotas: (N,) int64 summing to K; u: (K,) uniforms in [0, 1).
-    Draw j of task i targets (j + u) * S_i / k_i, one per equal segment of the tree's mass.
-    Outputs (K,): out_tasks, out_slots int64, and out_probs float64, the probability that one
-    draw of the batch is that transition: P = (k_i / K) * p^alpha / S_i.
+    Draw j of task i targets (j + u) * S_i / k_i, one per equal segment of the tree's mass, so
+    a task's targets increase with j: the top levels are merged, the rest searched
+    (`_descend_sorted`). Outputs (K,): out_tasks, out_slots int64, and out_probs float64, the
+    probability that one draw of the batch is that transition: P = (k_i / K) * p^alpha / S_i.
     """
     batch = u.shape[0]
     leaves = trees.shape[1] // 2
@@ -458,6 +464,92 @@ def is_weights(probs, beta, out):
     for j in range(probs.shape[0]):
         ratio = smallest / probs[j]
         out[j] = np.float32(ratio) ** beta32 if ratio >= 1e-30 else ratio ** beta
+
+
+# ---------------------------------------------------------------- one call per buffer operation
+# `ReplayBuffer.sample` and `update_priorities` each cross from Python into numba once: between
+# two batches the learner evicts most caches, and every extra crossing then costs microseconds.
+
+@njit(cache=True)
+def draw_uniform(counts, capacity, u, out_tasks, out_indices):
+    """`uniform` batch: K iid draws over all stored transitions, grouped by task.
+
+    counts: (N,) int64; u: (2K,) uniforms, the first K pick the tasks (`uniform_counts`), the
+    last K the slots. Outputs (K,) int64: tasks and global ids task * capacity + slot.
+    """
+    batch = out_tasks.shape[0]
+    per_task = np.empty(counts.shape[0], np.int64)
+    uniform_counts(counts, u[:batch], per_task)
+    sample_within_tasks(counts, per_task, u[batch:], out_tasks, out_indices)
+    _to_global(out_tasks, capacity, out_indices)
+
+
+@njit(cache=True)
+def draw_average(counts, capacity, u, out_tasks, out_indices):
+    """`average` batch: K/n draws per task holding data (largest remainder), uniform inside.
+
+    counts: (N,) int64; u: (K,) uniforms. Outputs as in `draw_uniform`.
+    """
+    batch = out_tasks.shape[0]
+    holding = np.zeros(counts.shape[0], np.float64)
+    for task in range(counts.shape[0]):
+        if counts[task] > 0:
+            holding[task] = 1.0
+    per_task = np.empty(counts.shape[0], np.int64)
+    quotas(holding, counts, batch, 0, batch, per_task)
+    sample_within_tasks(counts, per_task, u, out_tasks, out_indices)
+    _to_global(out_tasks, capacity, out_indices)
+
+
+@njit(cache=True)
+def draw_per(trees, capacity, u, beta, out_tasks, out_indices, out_weights):
+    """`per` batch: `sample_per`, then IS weights (Eq. 4). u: (K,) uniforms; outputs (K,):
+    tasks and global ids int64, weights float32."""
+    probs = np.empty(u.shape[0], np.float64)
+    sample_per(trees, u, out_tasks, out_indices, probs)
+    is_weights(probs, beta, out_weights)
+    _to_global(out_tasks, capacity, out_indices)
+
+
+@njit(cache=True)
+def draw_ta_per(trees, counts, k_min, k_max, capacity, u, beta, out_tasks, out_indices,
+                out_weights):
+    """`ta-per` batch: quotas (Eq. 5) from the tree totals, `sample_ta_per`, IS weights (Eq. 4).
+
+    The caller has checked n * k_min <= K <= n * k_max. Shapes as in `draw_per`.
+    """
+    per_task = np.empty(counts.shape[0], np.int64)
+    quotas(trees[:, 1], counts, u.shape[0], k_min, k_max, per_task)
+    probs = np.empty(u.shape[0], np.float64)
+    sample_ta_per(trees, per_task, u, out_tasks, out_indices, probs)
+    is_weights(probs, beta, out_weights)
+    _to_global(out_tasks, capacity, out_indices)
+
+
+@njit(cache=True)
+def _to_global(tasks, capacity, slots):
+    """slots[j] <- tasks[j] * capacity + slots[j], the global slot id (in place)."""
+    for j in range(slots.shape[0]):
+        slots[j] += tasks[j] * capacity
+
+
+@njit(cache=True)
+def set_priorities(trees, indices, td_errors, counts, capacity, eps, alpha, write):
+    """`update_priorities`: p = (|td| + eps)^alpha for global ids, written into the trees
+    (Eq. 2 -> Eq. 3) when `write` (the prioritized strategies) and every input is valid.
+
+    indices: (B,) int64; td_errors: (B,) float64. Returns (position of the first id that is not
+    a stored slot or -1, position of the first td error with a non-finite priority or -1, the
+    largest priority).
+    """
+    n = indices.shape[0]
+    tasks, slots = np.empty(n, np.int64), np.empty(n, np.int64)
+    priorities = np.empty(n, np.float64)
+    bad_index = split_indices(indices, counts, capacity, tasks, slots)
+    bad_td, largest = td_priorities(td_errors, eps, alpha, priorities)
+    if write and bad_index < 0 and bad_td < 0:
+        tree_update(trees, tasks, slots, priorities)
+    return bad_index, bad_td, largest
 
 
 @njit(cache=True)

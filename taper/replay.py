@@ -130,19 +130,17 @@ class ReplayBuffer:
         if indices.dtype.kind not in "iu":
             raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
         indices = indices.astype(np.int64, copy=False)
-        tasks, slots = np.empty_like(indices), np.empty_like(indices)
-        bad = kernels.split_indices(indices, self.counts, self.capacity_per_task, tasks, slots)
-        if bad >= 0:
-            raise ValueError(f"index {indices[bad]} is not a stored slot (global ids are "
+        bad_index, bad_td, largest = kernels.set_priorities(
+            self.trees, indices, td_errors, self.counts, self.capacity_per_task, self.per_eps,
+            self.per_alpha, self.strategy in PRIORITIZED)
+        if bad_index >= 0:
+            raise ValueError(f"index {indices[bad_index]} is not a stored slot (global ids are "
                              f"task * {self.capacity_per_task} + slot, slot < stored count)")
-        priorities = np.empty_like(td_errors)
-        bad, largest = kernels.td_priorities(td_errors, self.per_eps, self.per_alpha, priorities)
-        if bad >= 0:
-            raise ValueError(f"td error {td_errors[bad]} gives a non-finite priority "
+        if bad_td >= 0:
+            raise ValueError(f"td error {td_errors[bad_td]} gives a non-finite priority "
                              "(|td| + per_eps)^per_alpha; td errors must be finite")
         if self.strategy not in PRIORITIZED or not indices.size:
             return
-        kernels.tree_update(self.trees, tasks, slots, priorities)
         self.max_priority = max(self.max_priority, largest)
         self._updates += 1
         if self._updates % REBUILD_INTERVAL == 0:
@@ -154,9 +152,6 @@ class ReplayBuffer:
         per (whose per-task counts are random) the expected counts K*M_i/M and K*S_i/S,
         rounded by largest remainder."""
         _check_positive_int("batch_size", batch_size)
-        return self._quotas(batch_size)
-
-    def _quotas(self, batch_size: int) -> np.ndarray:
         k_min, k_max = 0, batch_size
         if self.strategy in PRIORITIZED:
             weights = self.trees[:, 1]
@@ -192,25 +187,22 @@ class ReplayBuffer:
         if not self.counts.any():
             raise ValueError("cannot sample from an empty ReplayBuffer: add transitions first")
         tasks = np.empty(batch_size, np.int64)
-        slots = np.empty(batch_size, np.int64)
+        indices = np.empty(batch_size, np.int64)
         weights = np.ones(batch_size, np.float32)
+        capacity = self.capacity_per_task
         if self.strategy == "uniform":
-            u = self.rng.random(2 * batch_size)
-            counts = np.empty(self.num_tasks, np.int64)
-            kernels.uniform_counts(self.counts, u[:batch_size], counts)
-            kernels.sample_within_tasks(self.counts, counts, u[batch_size:], tasks, slots)
+            kernels.draw_uniform(self.counts, capacity, self.rng.random(2 * batch_size), tasks,
+                                 indices)
         elif self.strategy == "average":
-            kernels.sample_within_tasks(self.counts, self._quotas(batch_size),
-                                        self.rng.random(batch_size), tasks, slots)
+            kernels.draw_average(self.counts, capacity, self.rng.random(batch_size), tasks, indices)
+        elif self.strategy == "per":
+            kernels.draw_per(self.trees, capacity, self.rng.random(batch_size), beta, tasks,
+                             indices, weights)
         else:
-            probs = np.empty(batch_size, np.float64)
-            u = self.rng.random(batch_size)
-            if self.strategy == "per":
-                kernels.sample_per(self.trees, u, tasks, slots, probs)
-            else:
-                kernels.sample_ta_per(self.trees, self._quotas(batch_size), u, tasks, slots, probs)
-            kernels.is_weights(probs, beta, weights)
-        indices = tasks * self.capacity_per_task + slots
+            k_max = self.k_max or batch_size
+            self._check_feasible(batch_size, self.k_min, k_max)
+            kernels.draw_ta_per(self.trees, self.counts, self.k_min, k_max, capacity,
+                                self.rng.random(batch_size), beta, tasks, indices, weights)
         rows = np.empty((batch_size, self.storage.shape[1]), np.float32)
         kernels.gather_rows(self.storage, indices, rows)
         fields = {name: rows[:, column] for name, column in self._columns.items()}

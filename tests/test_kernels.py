@@ -195,6 +195,64 @@ def test_ta_per_draws_follow_quotas_and_report_eq5_probabilities(data):
 
 
 @FAST
+@given(st.lists(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=16), min_size=1, max_size=5),
+       st.integers(1, 60), st.integers(0, 3), st.floats(0.0, 1.0), st.integers(0, 99))
+def test_whole_batch_draws_compose_quotas_draws_weights_and_global_ids(rows, batch, k_min, beta,
+                                                                      seed):
+    """draw_ta_per / draw_per = quotas -> sample_* -> is_weights -> task * capacity + slot."""
+    capacity, n = 16, len(rows)
+    if n * k_min > batch:
+        return
+    trees, counts = make_trees(rows, capacity), np.array([len(r) for r in rows], np.int64)
+    u = np.random.default_rng(seed).random(batch)
+    probs, slots = np.empty(batch), np.empty(batch, np.int64)
+    tasks, indices, weights = np.empty(batch, np.int64), np.empty(batch, np.int64), np.empty(batch, np.float32)
+    expected_tasks, expected_weights = np.empty(batch, np.int64), np.empty(batch, np.float32)
+
+    kernels.draw_ta_per(trees, counts, k_min, batch, capacity, u, beta, tasks, indices, weights)
+    quotas = np.empty(n, np.int64)
+    kernels.quotas(trees[:, 1].copy(), counts, batch, k_min, batch, quotas)
+    kernels.sample_ta_per(trees, quotas, u, expected_tasks, slots, probs)
+    kernels.is_weights(probs, beta, expected_weights)
+    assert tasks.tolist() == expected_tasks.tolist()
+    assert indices.tolist() == (expected_tasks * capacity + slots).tolist()
+    np.testing.assert_array_equal(weights, expected_weights)
+
+    kernels.draw_per(trees, capacity, u, beta, tasks, indices, weights)
+    kernels.sample_per(trees, u, expected_tasks, slots, probs)
+    kernels.is_weights(probs, beta, expected_weights)
+    assert indices.tolist() == (expected_tasks * capacity + slots).tolist()
+    np.testing.assert_array_equal(weights, expected_weights)
+
+
+@FAST
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=4), st.data())
+def test_set_priorities_writes_only_valid_batches_and_names_the_first_bad_entry(counts, data):
+    capacity, n = 40, len(counts)
+    trees = np.zeros((n, kernels.tree_width(capacity)))
+    ids = data.draw(st.lists(st.integers(-3, n * capacity + 3), min_size=1, max_size=12))
+    td = data.draw(st.lists(st.floats(-1e3, 1e3) | st.just(float("nan")), min_size=len(ids),
+                            max_size=len(ids)))
+    write = data.draw(st.booleans())
+    counts = np.array(counts, np.int64)
+    bad_index, bad_td, largest = kernels.set_priorities(
+        trees, np.array(ids, np.int64), np.array(td), counts, capacity, 1e-6, 0.6, write)
+    stored = [0 <= i < n * capacity and i % capacity < counts[i // capacity] for i in ids]
+    assert bad_index == (stored.index(False) if False in stored else -1)
+    finite = [not math.isnan(x) for x in td]
+    assert bad_td == (finite.index(False) if False in finite else -1)
+    leaves = trees[:, trees.shape[1] // 2:]
+    if write and bad_index < 0 and bad_td < 0:
+        for i, x in zip(ids, td):  # the last write of a slot wins
+            leaves_expected = (abs(td[len(ids) - 1 - ids[::-1].index(i)]) + 1e-6) ** 0.6
+            assert leaves[i // capacity, i % capacity] == pytest.approx(leaves_expected, rel=1e-12)
+        assert largest == pytest.approx(max((abs(x) + 1e-6) ** 0.6 for x in td), rel=1e-12)
+        assert_tree_consistent(trees, leaves[:, :capacity])
+    else:
+        assert not trees.any(), "nothing is written unless asked and every entry is valid"
+
+
+@FAST
 @given(st.lists(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=16), min_size=1, max_size=5)
        .filter(lambda rows: sum(map(sum, rows)) > 1e-3), st.integers(1, 64), st.integers(0, 99))
 def test_per_draws_are_grouped_and_report_eq3_probabilities(rows, batch, seed):
