@@ -4,8 +4,10 @@ and of peer PER libraries when installed, all timed interleaved in one run.
 Work per op, for every implementation: `sample` draws K indices, computes IS weights and
 gathers all five transition fields; `update` writes K new priorities from td errors; `add`
 appends one vector step (one transition per task). Buffers hold N x capacity transitions,
-filled before timing, with random priorities. Each repetition times every (impl, op) once, in
-turn, so drift in machine load hits all of them alike; the first repetitions are warm-up.
+filled before timing, with random priorities. Each repetition times every (impl, op) once, so
+drift in machine load hits all of them alike; the implementations take their turns in a fresh
+random order each repetition (an impl's ops stay together: sample, update, add), so none always
+finds the caches as one particular neighbour left them. The first repetitions are warm-up.
 """
 
 from __future__ import annotations
@@ -189,8 +191,10 @@ def run(num_tasks=10, capacity=100_000, batch_size=1280, obs_dim=39, act_dim=4, 
             skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
     ops = ("sample", "update", "add")
     times = {(name, op): [] for name in impls for op in ops}
+    order = np.random.default_rng(seed)
     for rep in range(WARMUP + repeats):
-        for name, impl in impls.items():
+        for name in order.permutation(list(impls)):
+            impl = impls[name]
             for op in ops:
                 fn = getattr(impl, op)
                 start = time.perf_counter()
