@@ -14,9 +14,9 @@ empty slots 0. Fan-out 8 makes a 100k-slot tree 6 levels deep instead of 17 (bin
 draw or an update touches 6 cache lines instead of 17 (one each when the array starts on a
 cache line: `aligned_zeros`).
 
-Speed comes from the memory system more than from arithmetic: batched kernels step all draws
-one level at a time and `prefetch` each draw's next line, and the search inside a node has no
-data-dependent branch (a mispredicted branch costs more than the whole search).
+Batched kernels step all draws one level at a time and `prefetch` each draw's next line, and
+the search inside a node has no data-dependent branch (a mispredicted branch costs more than
+the whole search).
 """
 
 from __future__ import annotations
