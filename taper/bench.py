@@ -105,7 +105,6 @@ class _Tianshou:
         data = import_module("tianshou.data")
         rng = np.random.default_rng(seed)
         n = num_tasks * capacity
-        self.batch_cls = data.Batch
         self.buf = data.PrioritizedReplayBuffer(n, alpha=0.6, beta=0.4)
         a = _fill_arrays(rng, n, obs_dim, act_dim)
         false = np.zeros(n, bool)

@@ -439,6 +439,17 @@ def quotas(sums, counts, batch_size, k_min, k_max, out):
 
 
 @njit(cache=True)
+def even_quotas(counts, batch_size, out):
+    """`average` quotas: K/n for each of the n tasks holding data, by largest remainder (the
+    `quotas` rule with equal totals and no bounds). counts, out: (N,) int64."""
+    holding = np.zeros(counts.shape[0], np.float64)
+    for task in range(counts.shape[0]):
+        if counts[task] > 0:
+            holding[task] = 1.0
+    quotas(holding, counts, batch_size, 0, batch_size, out)
+
+
+@njit(cache=True)
 def _clipped_sum(share, counts, lam, k_min, k_max):
     """sum over tasks holding data of clip(lam * share_i, k_min, k_max)."""
     s = 0.0
@@ -490,13 +501,8 @@ def draw_average(counts, capacity, u, out_tasks, out_indices):
 
     counts: (N,) int64; u: (K,) uniforms. Outputs as in `draw_uniform`.
     """
-    batch = out_tasks.shape[0]
-    holding = np.zeros(counts.shape[0], np.float64)
-    for task in range(counts.shape[0]):
-        if counts[task] > 0:
-            holding[task] = 1.0
     per_task = np.empty(counts.shape[0], np.int64)
-    quotas(holding, counts, batch, 0, batch, per_task)
+    even_quotas(counts, out_tasks.shape[0], per_task)
     sample_within_tasks(counts, per_task, u, out_tasks, out_indices)
     _to_global(out_tasks, capacity, out_indices)
 

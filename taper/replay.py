@@ -152,17 +152,21 @@ class ReplayBuffer:
         per (whose per-task counts are random) the expected counts K*M_i/M and K*S_i/S,
         rounded by largest remainder."""
         _check_positive_int("batch_size", batch_size)
-        k_min, k_max = 0, batch_size
-        if self.strategy in PRIORITIZED:
-            weights = self.trees[:, 1]
-            if self.strategy == "ta-per":
-                k_min, k_max = self.k_min, self.k_max or batch_size
-        else:
-            weights = (self.counts if self.strategy == "uniform" else self.counts > 0).astype(float)
+        k_min, k_max = self._quota_bounds(batch_size)
         self._check_feasible(batch_size, k_min, k_max)
         out = np.empty(self.num_tasks, np.int64)
-        kernels.quotas(weights, self.counts, batch_size, k_min, k_max, out)
+        if self.strategy == "average":
+            kernels.even_quotas(self.counts, batch_size, out)
+        else:
+            weights = self.counts.astype(float) if self.strategy == "uniform" else self.trees[:, 1]
+            kernels.quotas(weights, self.counts, batch_size, k_min, k_max, out)
         return out
+
+    def _quota_bounds(self, batch_size: int) -> tuple[int, int]:
+        """(k_min, k_max): the buffer's for ta-per (k_max None means K), (0, K) otherwise."""
+        if self.strategy == "ta-per":
+            return self.k_min, self.k_max or batch_size
+        return 0, batch_size
 
     def probabilities(self, batch_size: int) -> np.ndarray:
         """(num_tasks, capacity_per_task): probability that one draw of a batch of K is the slot.
@@ -199,9 +203,9 @@ class ReplayBuffer:
             kernels.draw_per(self.trees, capacity, self.rng.random(batch_size), beta, tasks,
                              indices, weights)
         else:
-            k_max = self.k_max or batch_size
-            self._check_feasible(batch_size, self.k_min, k_max)
-            kernels.draw_ta_per(self.trees, self.counts, self.k_min, k_max, capacity,
+            k_min, k_max = self._quota_bounds(batch_size)
+            self._check_feasible(batch_size, k_min, k_max)
+            kernels.draw_ta_per(self.trees, self.counts, k_min, k_max, capacity,
                                 self.rng.random(batch_size), beta, tasks, indices, weights)
         rows = np.empty((batch_size, self.storage.shape[1]), np.float32)
         kernels.gather_rows(self.storage, indices, rows)
