@@ -178,8 +178,13 @@ def _jit_compile_seconds(seed: int) -> float:
 
 
 def run(num_tasks=10, capacity=100_000, batch_size=1280, obs_dim=39, act_dim=4, repeats=50,
-        peers=True, seed=0) -> BenchResult:
-    """Build every implementation, then time all (impl, op) pairs interleaved `repeats` times."""
+        peers=True, seed=0, extra=None) -> BenchResult:
+    """Build every implementation, then time all (impl, op) pairs interleaved `repeats` times.
+
+    extra: optional {name: factory}; each factory gets the built implementations (dict by name)
+    and returns one more object with `sample`, `update` and `add`, timed like the others (the
+    reference implementations of `benchmarks/replay_floor.py`).
+    """
     jit_s = _jit_compile_seconds(seed)
     impls = {s: _Taper(s, num_tasks, capacity, obs_dim, act_dim, batch_size, seed) for s in STRATEGIES}
     skipped = {}
@@ -188,6 +193,8 @@ def run(num_tasks=10, capacity=100_000, batch_size=1280, obs_dim=39, act_dim=4, 
             impls[name] = cls(num_tasks, capacity, obs_dim, act_dim, batch_size, seed)
         except Exception as error:  # absent or broken peer: reported, not fatal
             skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+    for name, factory in (extra or {}).items():
+        impls[name] = factory(dict(impls))
     ops = ("sample", "update", "add")
     times = {(name, op): [] for name in impls for op in ops}
     order = np.random.default_rng(seed)

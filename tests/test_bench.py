@@ -33,3 +33,31 @@ def test_bench_replay_table_names_the_targets_and_rejects_too_few_repeats():
     assert "ta-per sample+update / uniform sample" in result.output
     bad = runner.invoke(main, ["bench-replay", "--repeats", "3"])
     assert bad.exit_code == 2 and "3" in bad.output
+
+
+def test_bench_run_times_extra_implementations_built_from_the_others():
+    from taper import bench
+
+    seen = {}
+
+    class Counting:
+        def __init__(self, impls):
+            seen.update(impls)
+            self.calls = {"sample": 0, "update": 0, "add": 0}
+
+        def sample(self):
+            self.calls["sample"] += 1
+
+        def update(self):
+            self.calls["update"] += 1
+
+        def add(self):
+            self.calls["add"] += 1
+
+    made = {}
+    result = bench.run(num_tasks=2, capacity=64, batch_size=8, repeats=20, peers=False,
+                       extra={"counting": lambda impls: made.setdefault("it", Counting(impls))})
+    assert set(seen) == set(STRATEGIES)
+    assert made["it"].calls == {op: 20 + bench.WARMUP for op in ("sample", "update", "add")}
+    rows = {(r["impl"], r["op"]) for r in result.rows}
+    assert {("counting", op) for op in ("sample", "update", "add")} <= rows
