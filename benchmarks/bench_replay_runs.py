@@ -20,24 +20,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from taper import bench  # noqa: E402
 
 
+def over_runs(runs: int, repeats: int, per_run, extra=None) -> None:
+    """Run the interleaved benchmark `runs` times (`bench.run` with `extra`). per_run(result)
+    returns (a description, {ratio name: value}); each run prints its line, then each ratio's
+    median, min and max over the runs."""
+    ratios: dict[str, list[float]] = {}
+    for run in range(runs):
+        result = bench.run(repeats=repeats, extra=extra)
+        line, run_ratios = per_run(result)
+        for name, value in run_ratios.items():
+            ratios.setdefault(name, []).append(value)
+        print(f"run {run + 1}: {line}; " + "; ".join(f"{k}: {v:.2f}" for k, v in run_ratios.items()),
+              flush=True)
+    for name, values in ratios.items():
+        print(f"{name}: median {statistics.median(values):.2f}, min {min(values):.2f}, "
+              f"max {max(values):.2f} over {len(values)} runs")
+
+
+def _targets(result: bench.BenchResult) -> tuple[str, dict[str, float]]:
+    med = result.medians()
+    line = (f"uniform sample {med['uniform', 'sample']:.0f} us, ta-per sample "
+            f"{med['ta-per', 'sample']:.0f} + update {med['ta-per', 'update']:.0f} us")
+    return line, bench.targets(result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
-    ratios: dict[str, list[float]] = {}
-    for run in range(args.runs):
-        result = bench.run(repeats=args.repeats)
-        med = {(r["impl"], r["op"]): r["median_us"] for r in result.rows}
-        targets = bench.targets(result)
-        for name, value in targets.items():
-            ratios.setdefault(name, []).append(value)
-        print(f"run {run + 1}: uniform sample {med['uniform', 'sample']:.0f} us, ta-per sample "
-              f"{med['ta-per', 'sample']:.0f} + update {med['ta-per', 'update']:.0f} us; "
-              + "; ".join(f"{k}: {v:.2f}" for k, v in targets.items()), flush=True)
-    for name, values in ratios.items():
-        print(f"{name}: median {statistics.median(values):.2f}, min {min(values):.2f}, "
-              f"max {max(values):.2f} over {len(values)} runs")
+    over_runs(args.runs, args.repeats, _targets)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ cost nothing beyond their memory loads; then the median, min and max over the ru
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import numpy as np
 from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_replay_runs import over_runs  # noqa: E402
 
 from taper import bench, kernels  # noqa: E402
 
@@ -104,6 +105,20 @@ class NumpyUniform:
         pass
 
 
+def _floor(result: bench.BenchResult) -> tuple[str, dict[str, float]]:
+    med = result.medians()
+    uniform = med["uniform", "sample"]
+    ta_per = med["ta-per", "sample"] + med["ta-per", "update"]
+    line = (f"uniform sample {uniform:.0f} us, numpy-uniform sample "
+            f"{med['numpy-uniform', 'sample']:.0f} us, ta-per sample {med['ta-per', 'sample']:.0f}"
+            f" + update {med['ta-per', 'update']:.0f} us, tree-lines sample "
+            f"{med['tree-lines', 'sample']:.0f} + update {med['tree-lines', 'update']:.0f} us")
+    return line, {
+        "ta-per / uniform": ta_per / uniform,
+        "floor": (uniform + med["tree-lines", "sample"] + med["tree-lines", "update"]) / uniform,
+        "ta-per / numpy-uniform": ta_per / med["numpy-uniform", "sample"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -111,27 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.repeats <= BATCHES - bench.WARMUP:
         parser.error(f"--repeats {args.repeats} must be in [1, {BATCHES - bench.WARMUP}]")
-    ratios: dict[str, list[float]] = {}
-    for run in range(args.runs):
-        result = bench.run(repeats=args.repeats,
-                           extra={"tree-lines": TreeLines, "numpy-uniform": NumpyUniform})
-        med = {(r["impl"], r["op"]): r["median_us"] for r in result.rows}
-        uniform = med["uniform", "sample"]
-        ta_per = med["ta-per", "sample"] + med["ta-per", "update"]
-        run_ratios = {
-            "ta-per / uniform": ta_per / uniform,
-            "floor": (uniform + med["tree-lines", "sample"] + med["tree-lines", "update"]) / uniform,
-            "ta-per / numpy-uniform": ta_per / med["numpy-uniform", "sample"]}
-        for name, value in run_ratios.items():
-            ratios.setdefault(name, []).append(value)
-        print(f"run {run + 1}: uniform sample {uniform:.0f} us, numpy-uniform sample "
-              f"{med['numpy-uniform', 'sample']:.0f} us, ta-per sample {med['ta-per', 'sample']:.0f}"
-              f" + update {med['ta-per', 'update']:.0f} us, tree-lines sample "
-              f"{med['tree-lines', 'sample']:.0f} + update {med['tree-lines', 'update']:.0f} us; "
-              + "; ".join(f"{k}: {v:.2f}" for k, v in run_ratios.items()), flush=True)
-    for name, values in ratios.items():
-        print(f"{name}: median {statistics.median(values):.2f}, min {min(values):.2f}, "
-              f"max {max(values):.2f} over {len(values)} runs")
+    over_runs(args.runs, args.repeats, _floor,
+              extra={"tree-lines": TreeLines, "numpy-uniform": NumpyUniform})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ class BenchResult:
     """Seconds of the first sample + update on a tiny buffer (numba compile or cache load)."""
     setup: dict
 
+    def medians(self) -> dict[tuple[str, str], float]:
+        """{(impl, op): median_us}."""
+        return {(r["impl"], r["op"]): r["median_us"] for r in self.rows}
+
 
 def _fill_arrays(rng, n, obs_dim, act_dim):
     return dict(observations=rng.standard_normal((n, obs_dim), np.float32),
@@ -224,7 +228,7 @@ def run(num_tasks=10, capacity=100_000, batch_size=1280, obs_dim=39, act_dim=4, 
 def targets(result: BenchResult) -> dict[str, float]:
     """The issue's two ratios: ta-per (sample + update) over uniform sample, and over the
     fastest peer's sample + update (absent when no peer ran)."""
-    med = {(r["impl"], r["op"]): r["median_us"] for r in result.rows}
+    med = result.medians()
     ours = med["ta-per", "sample"] + med["ta-per", "update"]
     out = {"ta-per sample+update / uniform sample": ours / med["uniform", "sample"]}
     peer = [med[p, "sample"] + med[p, "update"] for p in PEERS if (p, "sample") in med]
