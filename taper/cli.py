@@ -7,7 +7,7 @@ import json
 
 import click
 
-from taper.config import DEVICES, METHODS, PRESETS, SAMPLERS, Config
+from taper.config import DEVICES, METHODS, PRESETS, SAMPLERS, Config, preset_for
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,7 +106,7 @@ def _config_options(command):
               help="Continue this run folder from its latest checkpoint, with its config.json.")
 def train_command(resume, **options) -> None:
     """Train one run (Algorithm 1); every option not given comes from the preset."""
-    from taper import train
+    from taper import runs, train
     from taper.sac import resolve_device
 
     given = [name for name, value in options.items() if value is not None]
@@ -117,14 +117,14 @@ def train_command(resume, **options) -> None:
     try:
         if resume is not None:
             cfg = Config.load(resume)
-            train.check(cfg, resume)
+            runs.check(cfg, resume)
             where = f"resuming {resume}"
         else:
             device = resolve_device(options["device"] or "auto")
-            preset = options.pop("preset") or train.auto_preset(device)
+            preset = options.pop("preset") or preset_for(device.type)
             cfg = Config.from_preset(preset, **options)
-            train.check(cfg)
-            cfg = dataclasses.replace(cfg, out=str(train.run_dir_for(cfg)))
+            runs.check(cfg)
+            cfg = dataclasses.replace(cfg, out=str(runs.run_dir_for(cfg)))
             chosen = "" if "preset" in given else " (chosen for this machine)"
             where = f"preset {preset}{chosen}, output {cfg.out}"
     except ValueError as error:
@@ -176,3 +176,5 @@ def report_command(run_dirs, plot_path) -> None:
             click.echo(f"figure: {plot_path}")
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    except ImportError as error:
+        raise click.ClickException(str(error)) from None

@@ -41,6 +41,11 @@ PRESETS = {
 }
 
 
+def preset_for(device_type: str) -> str:
+    """The preset that suits a device type ("cuda", "cpu"): paper on CUDA, the CPU one elsewhere."""
+    return "paper" if device_type == "cuda" else "cpu-small"
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything that decides a run; `config.json` in a run folder is this, serialised."""

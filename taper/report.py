@@ -49,8 +49,10 @@ def markdown_table(run_dir: str | Path) -> str:
 
 def plot(run_dirs: list[str | Path], path: str | Path) -> None:
     """One panel per task plus the mean: success against steps per env, one line per run."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install -e \".[report]\"") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,8 +1,8 @@
 """The training loop (Algorithm 1), evaluation, checkpoints and metrics of a taper run.
 
 A run folder holds `config.json`, `metrics.jsonl` (one JSON object a line, `kind` in
-train / paco_reset / eval / eval_mean / timing), `checkpoint.pt` and, when tensorboard is
-importable, TensorBoard events under `tensorboard/`.
+train / paco_reset / eval / eval_mean / timing), `checkpoint.pt` and TensorBoard events under
+`tensorboard/`.
 
 Exact resume: at every evaluation point the training envs are re-seeded with a seed that is a
 function of (cfg.seed, step) only, in uninterrupted and resumed runs alike, and the checkpoint
@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -29,16 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from gymnasium.wrappers.vector import RescaleAction
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from taper import suites
 from taper.config import Config
 from taper.replay import ReplayBuffer
+from taper.runs import CHECKPOINT, METRICS, TENSORBOARD, check, run_dir_for
 from taper.sac import Agent, resolve_device
 
-METRICS = "metrics.jsonl"
-CHECKPOINT = "checkpoint.pt"
-TENSORBOARD = "tensorboard"
 PHASES = ("env", "act", "replay_add", "replay_sample", "update", "replay_update", "eval",
           "checkpoint")
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -271,7 +269,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     run_dir = Path(run_dir)
     cfg = Config.load(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
-    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, _device(device or cfg.device))
+    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, resolve_device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
     with contextlib.closing(_make_envs(cfg)) as envs:
@@ -280,53 +278,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     return spec, checkpoint["step"], result
 
 
-# ---------------------------------------------------------------------- set-up and validation
-def check(cfg: Config, resume: str | Path | None = None) -> suites.SuiteSpec:
-    """ValueError naming the bad value for anything a run would trip over; nothing is written.
-
-    Checks the suite, the quota bounds (Eq. 5) against K and N, the per-task capacity, the
-    device, and that a new run's folder is free / a resumed run's folder matches `cfg`.
-    """
-    spec = suites.suite_spec(cfg.suite, cfg.episode_length)
-    cfg.quota_bounds(spec.num_tasks)
-    if cfg.buffer_size < spec.num_tasks:
-        raise ValueError(f"buffer_size={cfg.buffer_size} leaves no room per task: need at least "
-                         f"one transition for each of {spec.num_tasks} tasks")
-    _device(cfg.device)
-    if resume is None:
-        if cfg.out is not None and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
-            raise ValueError(f"out={cfg.out!r} is not empty; continue it with resume "
-                             "(taper train --resume) or choose another folder")
-        return spec
-    saved = Config.load(resume)
-    changed = [f.name for f in dataclasses.fields(Config) if f.name != "out"
-               and getattr(saved, f.name) != getattr(cfg, f.name)]
-    if changed:
-        raise ValueError(f"resume={str(resume)!r} was run with another config "
-                         f"({', '.join(changed)} differ); resume with Config.load(resume)")
-    if not (Path(resume) / CHECKPOINT).is_file():
-        raise ValueError(f"resume={str(resume)!r} has no {CHECKPOINT} to continue from")
-    return spec
-
-
-def run_dir_for(cfg: Config) -> Path:
-    """`cfg.out`, or a new folder under runs/ named by suite, method, sampler, seed and time."""
-    if cfg.out is not None:
-        return Path(cfg.out)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-",
-                  f"{cfg.suite}_{cfg.method}_{cfg.sampler}_s{cfg.seed}_"
-                  f"{time.strftime('%Y%m%d-%H%M%S')}")
-    path, n = Path("runs") / stem, 1
-    while path.exists():
-        path, n = Path("runs") / f"{stem}-{n}", n + 1
-    return path
-
-
-def auto_preset(device: torch.device) -> str:
-    """The preset that suits a device: paper on CUDA, cpu-small elsewhere."""
-    return "paper" if device.type == "cuda" else "cpu-small"
-
-
+# ---------------------------------------------------------------------- set-up
 def make_buffer(cfg: Config, spec: suites.SuiteSpec) -> ReplayBuffer:
     """The replay buffer of `cfg`: buffer_size // N per task, quota bounds of Eq. 5 filled in."""
     k_min, k_max = cfg.quota_bounds(spec.num_tasks)
@@ -353,13 +305,6 @@ def _make_envs(cfg: Config):
     if np.all(space.low == -1) and np.all(space.high == 1):
         return envs
     return RescaleAction(envs, -1.0, 1.0)
-
-
-def _device(name: str) -> torch.device:
-    """`resolve_device`, with a ValueError where CUDA is asked for and absent."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available; use cpu or auto")
-    return resolve_device(name)
 
 
 def _configure_torch(cfg: Config) -> None:
@@ -447,7 +392,7 @@ def _deferred_signals():
 
 # ---------------------------------------------------------------------- metrics and timing
 class MetricsLog:
-    """metrics.jsonl, one JSON object a line, mirrored to TensorBoard when it is importable.
+    """metrics.jsonl, one JSON object a line, mirrored to TensorBoard events under tensorboard/.
 
     Opening truncates the file to `offset` (the bytes a resumed checkpoint had seen), and
     TensorBoard purges events from `step` on, so a resumed run leaves no duplicate rows.
@@ -458,17 +403,10 @@ class MetricsLog:
         self.file = open(path, "ab", buffering=0)
         self.file.truncate(offset)
         self.file.seek(offset)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.writer = None
-        else:
-            self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=step or None)
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=step or None)
 
     def write(self, row: dict) -> None:
         self.file.write((json.dumps(row) + "\n").encode())
-        if self.writer is None:
-            return
         prefix = f"{row['kind']}/" if row["kind"] != "eval" else f"eval/{row['task']}/"
         for key, value in row.items():
             if key not in ("kind", "step", "task", "task_id") and isinstance(value, (int, float)):
@@ -483,8 +421,7 @@ class MetricsLog:
 
     def __exit__(self, *exc) -> None:
         self.file.close()
-        if self.writer is not None:
-            self.writer.close()
+        self.writer.close()
 
 
 class Stopwatch:

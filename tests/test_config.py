@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from taper.config import PRESETS, Config
@@ -47,3 +50,17 @@ def test_json_round_trip(tmp_path):
     cfg = Config.from_preset("paper", suite="mt50-rand", method="paco", k_min=3)
     cfg.save(tmp_path)
     assert Config.load(tmp_path) == cfg
+
+
+def test_importing_the_config_loads_neither_numba_nor_torch():
+    """`taper --help` and `taper report` start fast: the package imports its heavy parts lazily."""
+    code = ("import sys, taper.config, taper.cli; "
+            "print(sorted(m for m in ('numba', 'torch', 'taper.replay') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import taper
+    from taper.replay import ReplayBuffer
+
+    assert taper.ReplayBuffer is ReplayBuffer and taper.Config is Config
+    with pytest.raises(AttributeError, match="no attribute 'Sampler'"):
+        taper.Sampler

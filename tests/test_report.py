@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -51,3 +52,12 @@ def test_cli_plots_runs_of_one_suite_and_refuses_mixed_suites(tmp_path):
 def test_a_folder_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no metrics.jsonl"):
         report.eval_curves(tmp_path)
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    run = fake_run(tmp_path / "a", "mt10-rand", ["t0"], [[0.5]])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = CliRunner().invoke(main, ["report", str(run), "--plot", str(tmp_path / "c.png")])
+    assert result.exit_code == 1
+    assert "plots need matplotlib: pip install" in result.output
+    assert result.output.count("Error") == 1 and not (tmp_path / "c.png").exists()
