@@ -7,7 +7,8 @@ import json
 
 import click
 
-from taper.config import DEVICES, METHODS, PRESETS, SAMPLERS, Config, preset_for
+from taper.config import (DEVICES, METHODS, PRESETS, REWARD_VERSIONS, SAMPLERS, Config,
+                          preset_for)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,11 +80,25 @@ _CONFIG_OPTIONS = (
     click.option("--eval-every", type=int, help="Steps per env between evaluations."),
     click.option("--eval-episodes", type=int, help="Evaluation episodes per task."),
     click.option("--log-every", type=int, help="Steps per env between training rows."),
+    click.option("--lr", type=float, help="Adam learning rate of actor, critics and PaCo's w."),
+    click.option("--alpha-lr", type=float, help="Adam learning rate of the per-task log alpha."),
+    click.option("--gamma", type=float, help="Discount.  [default: 0.99]"),
+    click.option("--tau", type=float, help="Polyak rate of the target critics.  [default: 0.005]"),
+    click.option("--init-temperature", type=float,
+                 help="Initial entropy temperature alpha.  [default: 1.0]"),
+    click.option("--log-alpha-min", type=float, help="Lower clamp of log alpha."),
+    click.option("--log-alpha-max", type=float, help="Upper clamp of log alpha."),
+    click.option("--reward-version", type=click.Choice(REWARD_VERSIONS),
+                 help="Metaworld reward function version.  [default: v2]"),
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),
     click.option("--per-beta", type=float,
                  help="Initial IS exponent, annealed to 1 (Eq. 4).  [default: 0.4]"),
+    click.option("--per-eps", type=float, help="Added to |td| before the exponent.  [default: 1e-6]"),
     click.option("--num-param-sets", type=int, help="Kp, PaCo parameter sets.  [default: 5]"),
     click.option("--unique-dim", type=int, help="Width of the unique feature u.  [default: 32]"),
+    click.option("--unique-hidden-sizes", type=_Widths(),
+                 help="Hidden widths of the unique-feature MLP, e.g. 64."),
+    click.option("--unique-lr", type=float, help="Adam learning rate of the unique-feature MLP."),
     click.option("--triplet-margin", type=float, help="Margin m of Eq. 1.  [default: 1.0]"),
     click.option("--unique-sac-grad/--no-unique-sac-grad", default=None,
                  help="Let SAC gradients into the unique-feature MLP (ablation).  [default: off]"),

@@ -15,6 +15,7 @@ from pathlib import Path
 METHODS = ("mtsac", "paco", "taper")
 SAMPLERS = ("uniform", "average", "per", "ta-per")
 DEVICES = ("auto", "cpu", "cuda")
+REWARD_VERSIONS = ("v1", "v2")
 PRESETS = {
     # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env.
     "paper": dict(
@@ -140,6 +141,7 @@ class Config:
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("preset", self.preset, tuple(PRESETS))
+        _check_choice("reward_version", self.reward_version, REWARD_VERSIONS)
         for name in ("steps_per_env", "batch_size", "buffer_size", "gradient_steps",
                      "eval_every", "eval_episodes", "episode_length", "log_every",
                      "num_param_sets", "unique_dim"):
@@ -147,12 +149,17 @@ class Config:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.learning_starts < 0:
             raise ValueError(f"learning_starts={self.learning_starts!r} must be >= 0")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ValueError(f"hidden_sizes={self.hidden_sizes!r} must be positive widths")
+        for name in ("hidden_sizes", "unique_hidden_sizes"):
+            widths = getattr(self, name)
+            if not widths or min(widths) <= 0:
+                raise ValueError(f"{name}={widths!r} must be positive widths")
         for name in ("lr", "alpha_lr", "unique_lr", "tau", "per_eps", "triplet_margin",
                      "init_temperature", "extreme_loss_threshold"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if not self.log_alpha_min <= self.log_alpha_max:
+            raise ValueError(f"log_alpha_min={self.log_alpha_min!r} must be <= "
+                             f"log_alpha_max={self.log_alpha_max!r}")
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma={self.gamma!r} must be in [0, 1)")
         if not 0 <= self.per_alpha:

@@ -34,6 +34,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from metaworld import env_dict
 
+from taper.config import REWARD_VERSIONS
+
 _MT_SUITES = {
     "mt10-rand": (env_dict.MT10_V3, "MT10", "random"),
     "mt50-rand": (env_dict.MT50_V3, "MT50", "random"),
@@ -41,7 +43,6 @@ _MT_SUITES = {
     "mt50": (env_dict.MT50_V3, "MT50", "pseudorandom"),
 }
 _ALLOWED = ", ".join([*_MT_SUITES, "mt1:<task>", "gym:<EnvId>"])
-_REWARD_VERSIONS = ("v1", "v2")
 _ASYNC_MIN_CPUS = 4
 """Fewest CPUs for async workers by default: on 2 CPUs sync stepped MT10 faster."""
 
@@ -106,9 +107,9 @@ def make_envs(suite: str, *, seed: int, episode_length: int = 150, reward_versio
     ``set_attr`` through ``envs.unwrapped``.
     """
     spec = suite_spec(suite, episode_length)
-    if reward_version not in _REWARD_VERSIONS:
+    if reward_version not in REWARD_VERSIONS:
         raise ValueError(f"reward_version={reward_version!r} is not one of "
-                         f"{', '.join(_REWARD_VERSIONS)}")
+                         f"{', '.join(REWARD_VERSIONS)}")
     use_async = _use_async(asynchronous, spec.num_tasks)
     if suite.startswith("gym:"):
         return _make_vec(spec.task_names[0], use_async, episode_length), spec

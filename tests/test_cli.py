@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from taper import train as train_module
 from taper.cli import main
-from taper.config import PRESETS
+from taper.config import PRESETS, Config
 
 TINY = ["--suite", "mt1:reach-v3", "--steps-per-env", "100", "--learning-starts", "20",
         "--eval-every", "50", "--eval-episodes", "2", "--episode-length", "25",
@@ -134,3 +135,35 @@ def test_method_and_sampler_options_map_one_to_one_onto_config(tmp_path, capture
     assert (cfg.num_param_sets, cfg.unique_dim, cfg.triplet_margin) == (3, 8, 0.5)
     assert cfg.unique_sac_grad and cfg.extreme_loss_threshold == 100
     assert (cfg.k_min, cfg.k_max, cfg.hidden_sizes) == (2, 40, (32, 32, 32))
+
+
+def test_every_config_field_is_a_train_option(tmp_path, captured):
+    """The CLI maps options onto Config 1:1: each field has its option, and the value lands."""
+    from taper.cli import train_command
+
+    options = {p.name for p in train_command.params}
+    assert {f.name for f in dataclasses.fields(Config)} <= options
+    args = ["train", *TINY, "--lr", "1e-3", "--alpha-lr", "2e-3", "--gamma", "0.9", "--tau",
+            "0.01", "--init-temperature", "0.5", "--log-alpha-min", "-7", "--log-alpha-max",
+            "1", "--reward-version", "v1", "--per-eps", "1e-4", "--unique-hidden-sizes", "8,8",
+            "--unique-lr", "5e-4", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    cfg = captured[-1]
+    assert (cfg.lr, cfg.alpha_lr, cfg.gamma, cfg.tau, cfg.init_temperature) == (
+        1e-3, 2e-3, 0.9, 0.01, 0.5)
+    assert (cfg.log_alpha_min, cfg.log_alpha_max, cfg.reward_version, cfg.per_eps) == (
+        -7, 1, "v1", 1e-4)
+    assert (cfg.unique_hidden_sizes, cfg.unique_lr) == ((8, 8), 5e-4)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--log-alpha-min", "1", "--log-alpha-max", "0"], "log_alpha_min=1.0"),
+    (["--reward-version", "v3"], "v3"),
+    (["--unique-hidden-sizes", "0"], "unique_hidden_sizes=(0,)"),
+    (["--gamma", "1"], "gamma=1.0"),
+])
+def test_sac_options_reject_bad_values(tmp_path, monkeypatch, args, named):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "--suite", "mt10-rand", *args])
+    assert result.exit_code == 2 and named in result.output, result.output
