@@ -104,6 +104,9 @@ _CONFIG_OPTIONS = (
                  help="Let SAC gradients into the unique-feature MLP (ablation).  [default: off]"),
     click.option("--extreme-loss-threshold", type=float,
                  help="PaCo: mask and reset a task whose loss exceeds this.  [default: 3000]"),
+    click.option("--overlap-envs/--no-overlap-envs", default=None,
+                 help="Step the envs in a worker process during the update (one-update action "
+                      "lag); off: the strictly sequential loop.  [default: on]"),
     click.option("--deterministic/--no-deterministic", default=None,
                  help="Deterministic torch, one thread (bit-exact resume).  [default: off]"),
 )

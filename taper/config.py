@@ -131,6 +131,11 @@ class Config:
     unique_sac_grad: bool = False
     """Let SAC gradients flow into the unique-feature MLP (ablation)."""
 
+    overlap_envs: bool = True
+    """Step the training envs in a worker process while the learner updates: the actions of
+    step t+1 come from the policy before update t (a one-update lag). False: the strictly
+    sequential loop (act, step, store, update)."""
+
     deterministic: bool = False
     """Deterministic torch kernels and one CPU thread, for bit-exact resume tests."""
 

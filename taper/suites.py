@@ -25,13 +25,18 @@ same seed and told apart by the seed given to ``reset``.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
 import metaworld
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from gymnasium.wrappers.vector import RescaleAction
 from metaworld import env_dict
 
 from taper.config import REWARD_VERSIONS
@@ -115,6 +120,121 @@ def make_envs(suite: str, *, seed: int, episode_length: int = 150, reward_versio
         return _make_vec(spec.task_names[0], use_async, episode_length), spec
     envs = _make_metaworld(suite, spec, seed, reward_version, use_async)
     return _ReseedTaskDraws(envs), spec
+
+
+def make_policy_envs(suite: str, *, seed: int, episode_length: int = 150,
+                     reward_version: str = "v2",
+                     asynchronous: bool | None = None) -> gym.vector.VectorEnv:
+    """`make_envs`'s vector env, its actions rescaled from the policy's [-1, 1] to the env's bounds.
+
+    Training and evaluation envs are made alike (the goal set follows `seed`) and told apart
+    by the seeds their resets get.
+    """
+    envs, _ = make_envs(suite, seed=seed, episode_length=episode_length,
+                        reward_version=reward_version, asynchronous=asynchronous)
+    space = envs.single_action_space
+    if np.all(space.low == -1) and np.all(space.high == 1):
+        return envs
+    return RescaleAction(envs, -1.0, 1.0)
+
+
+class EnvWorker:
+    """A vector env stepped in one worker process, so the learner can compute while it steps.
+
+    `make` (picklable, no arguments) builds the vector env inside the worker. `step_async`
+    sends the actions and returns at once, `step_wait` returns the step's
+    (obs, rewards, terminated, truncated, infos); `step` and `reset` wait. One step is in
+    flight at most. The worker ignores SIGINT, so Ctrl-C reaches only the learner, which
+    checkpoints and then closes the worker. An error inside the worker is raised here as a
+    RuntimeError carrying the worker's traceback.
+    """
+
+    def __init__(self, make: Callable[[], gym.vector.VectorEnv]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(make, child), daemon=True,
+                                        name="taper-env-worker")
+        self._process.start()
+        child.close()
+        self._waiting = False
+        self.num_envs, self.single_observation_space, self.single_action_space = self._receive()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._request("reset", {"seed": seed, "options": options})
+        return self._receive()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._request("step", np.asarray(actions))
+        self._waiting = True
+
+    def step_wait(self):
+        if not self._waiting:
+            raise RuntimeError("step_wait() without a step_async() in flight")
+        self._waiting = False
+        return self._receive()
+
+    def step(self, actions: np.ndarray):
+        self.step_async(actions)
+        return self.step_wait()
+
+    def close(self) -> None:
+        """Stop the worker (its envs closed there); a worker that hangs is terminated."""
+        if self._process.is_alive():
+            try:
+                if self._waiting:
+                    self._receive()
+                self._conn.send(("close", None))
+            except (OSError, EOFError, RuntimeError):
+                pass
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join()
+        self._conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id."""
+        return self._process.pid
+
+    def _request(self, command: str, payload) -> None:
+        if self._waiting:
+            raise RuntimeError(f"{command}() while a step is in flight; call step_wait() first")
+        self._conn.send((command, payload))
+
+    def _receive(self):
+        try:
+            ok, value = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the env worker (pid {self.pid}) died, exit code "
+                               f"{self._process.exitcode}") from None
+        if not ok:
+            raise RuntimeError(f"the env worker failed:\n{value}")
+        return value
+
+
+def _serve(make: Callable[[], gym.vector.VectorEnv], conn) -> None:
+    """The worker's loop: build the envs, then answer reset / step until close."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    envs = None
+    try:
+        envs = make()
+        conn.send((True, (envs.num_envs, envs.single_observation_space,
+                          envs.single_action_space)))
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                break
+            result = envs.step(payload) if command == "step" else envs.reset(**payload)
+            conn.send((True, result))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    except Exception:  # noqa: BLE001  (handed to the learner, which raises it)
+        conn.send((False, traceback.format_exc()))
+    finally:
+        if envs is not None:
+            envs.close()
+        conn.close()
 
 
 def successes(infos: dict, num_envs: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gymnasium.wrappers.vector import RescaleAction
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -69,7 +69,7 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     if state.step >= cfg.steps_per_env:
         return run_dir
     with contextlib.ExitStack() as stack:
-        envs = stack.enter_context(contextlib.closing(_make_envs(cfg)))
+        envs = stack.enter_context(contextlib.closing(_make_envs(cfg, cfg.overlap_envs)))
         eval_envs = stack.enter_context(contextlib.closing(_make_envs(cfg)))
         log = stack.enter_context(MetricsLog(run_dir, state.metrics_offset, state.step))
         caught = stack.enter_context(_deferred_signals())
@@ -81,15 +81,29 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
 
 
 def _loop(run: _Run) -> None:
-    """Algorithm 1, from `run.state.step` to `cfg.steps_per_env` vector steps."""
+    """Algorithm 1, from `run.state.step` to `cfg.steps_per_env` vector steps.
+
+    Overlapped (`cfg.overlap_envs`): once step t's transition is stored, the actions of step
+    t+1 are chosen and sent to the env worker, which steps while this process runs update t;
+    so those actions come from the policy before update t. Nothing is in flight at an
+    evaluation point, so its checkpoint and exact resume are those of the sequential loop; a
+    step in flight when a signal arrives is dropped (a resume re-seeds the envs anyway).
+    """
     cfg, state = run.cfg, run.state
     obs = run.reseed()
+    actions = None
     with tqdm(total=cfg.steps_per_env, initial=state.step, unit="step", dynamic_ncols=True) as bar:
         if state.last_eval is not None:
             bar.set_postfix(success=f"{state.last_eval['success']:.2f}")
         while state.step < cfg.steps_per_env:
-            actions = run.act(obs)
-            obs = run.step_and_store(obs, actions)
+            if actions is None:
+                actions = run.send(obs)
+            obs = run.receive_and_store(obs, actions)
+            ends_interval = (state.step + 1) % cfg.eval_every == 0
+            actions = None
+            if cfg.overlap_envs and not ends_interval and not run.caught \
+                    and state.step + 1 < cfg.steps_per_env:
+                actions = run.send(obs)
             if state.step >= cfg.learning_starts:
                 for _ in range(cfg.gradient_steps):
                     run.gradient_step()
@@ -143,21 +157,29 @@ class _Run:
         obs, _ = self.envs.reset(seed=env_seed(self.cfg.seed, self.state.step, TRAIN_STREAM))
         return obs
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Uniform random actions during warm-up, then a ~ pi(.|s, task)."""
+    def send(self, obs: np.ndarray) -> np.ndarray:
+        """Choose the actions for `obs` (uniform random during warm-up, then a ~ pi(.|s, task))
+        and hand them to the envs; overlapped, the worker starts stepping at once."""
         with self.clock("act"):
             if self.state.step < self.cfg.learning_starts:
-                return self.state.rng.uniform(-1, 1, (self.spec.num_tasks, self.spec.act_dim))
-            return self.agent.act(obs, self.task_ids, deterministic=False)
+                actions = self.state.rng.uniform(-1, 1, (self.spec.num_tasks,
+                                                         self.spec.act_dim))
+            else:
+                actions = self.agent.act(obs, self.task_ids, deterministic=False)
+        if self.cfg.overlap_envs:
+            with self.clock("env"):
+                self.envs.step_async(actions)
+        return actions
 
-    def step_and_store(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Step every task's env, store (s, a, r, s', terminated) per task; the next obs.
+    def receive_and_store(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The envs' step on `actions`; store (s, a, r, s', terminated) per task; the next obs.
 
         s' is the true last observation where an episode ended; a time-limit truncation is not
         terminal, so it is not stored as done.
         """
         with self.clock("env"):
-            next_obs, rewards, terminated, _, infos = self.envs.step(actions)
+            result = self.envs.step_wait() if self.cfg.overlap_envs else self.envs.step(actions)
+            next_obs, rewards, terminated, _, infos = result
             true_next = suites.final_observations(next_obs, infos)
         with self.clock("replay_add"):
             self.buf.add(self.task_ids, obs, actions, rewards, true_next, terminated)
@@ -283,7 +305,7 @@ def make_buffer(cfg: Config, spec: suites.SuiteSpec) -> ReplayBuffer:
     """The replay buffer of `cfg`: buffer_size // N per task, quota bounds of Eq. 5 filled in."""
     k_min, k_max = cfg.quota_bounds(spec.num_tasks)
     return ReplayBuffer(spec.num_tasks, cfg.buffer_size // spec.num_tasks, spec.obs_dim,
-                        spec.act_dim, strategy=cfg.sampler, per_alpha=cfg.per_alpha,
+                        spec.act_dim, sampler=cfg.sampler, per_alpha=cfg.per_alpha,
                         per_beta=cfg.per_beta, per_eps=cfg.per_eps, k_min=k_min, k_max=k_max,
                         seed=cfg.seed)
 
@@ -293,18 +315,11 @@ def env_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream, step]).generate_state(1)[0])
 
 
-def _make_envs(cfg: Config):
-    """The suite's vector env, actions rescaled from the policy's [-1, 1] to the env's bounds.
-
-    Training and evaluation envs are made alike (the goal set follows `cfg.seed`) and told
-    apart by the seeds their resets get.
-    """
-    envs, _ = suites.make_envs(cfg.suite, seed=cfg.seed, episode_length=cfg.episode_length,
-                               reward_version=cfg.reward_version)
-    space = envs.single_action_space
-    if np.all(space.low == -1) and np.all(space.high == 1):
-        return envs
-    return RescaleAction(envs, -1.0, 1.0)
+def _make_envs(cfg: Config, in_worker: bool = False):
+    """The suite's vector env (`suites.make_policy_envs`), in an `EnvWorker` if `in_worker`."""
+    make = functools.partial(suites.make_policy_envs, cfg.suite, seed=cfg.seed,
+                             episode_length=cfg.episode_length, reward_version=cfg.reward_version)
+    return suites.EnvWorker(make) if in_worker else make()
 
 
 def _configure_torch(cfg: Config) -> None:

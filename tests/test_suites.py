@@ -6,6 +6,8 @@ envs are module fixtures with 3-step episodes and the rest use mt1:reach-v3 or g
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 
 import numpy as np
@@ -154,3 +156,33 @@ def test_final_observations_substitutes_only_where_ended():
     unchanged = suites.final_observations(next_obs, {})
     assert unchanged is not next_obs
     np.testing.assert_array_equal(unchanged, next_obs)
+
+
+def test_env_worker_steps_like_the_env_it_wraps_in_another_process():
+    make = functools.partial(suites.make_policy_envs, "gym:Pendulum-v1", seed=0, episode_length=7)
+    local, worker = make(), suites.EnvWorker(make)
+    try:
+        assert worker.pid != os.getpid() and worker.num_envs == 1
+        assert worker.single_action_space == local.single_action_space
+        np.testing.assert_array_equal(worker.reset(seed=3)[0], local.reset(seed=3)[0])
+        rng = np.random.default_rng(0)
+        for t in range(10):                          # across a time-limit truncation at 7
+            actions = rng.uniform(-1, 1, (1, 1)).astype(np.float32)
+            worker.step_async(actions)
+            theirs, ours = worker.step_wait(), local.step(actions)
+            for a, b in zip(theirs[:4], ours[:4]):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(suites.final_observations(theirs[0], theirs[4]),
+                                          suites.final_observations(ours[0], ours[4]))
+        with pytest.raises(RuntimeError, match="without a step_async"):
+            worker.step_wait()
+        worker.step_async(np.zeros((1, 1), np.float32))
+        with pytest.raises(RuntimeError, match="in flight"):
+            worker.reset(seed=1)
+        worker.step_wait()
+        with pytest.raises(RuntimeError, match="the env worker failed:\n.*Traceback"):
+            worker.step(np.zeros((3, 5), np.float32))
+    finally:
+        worker.close()
+        local.close()
+    assert not worker._process.is_alive()

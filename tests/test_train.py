@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from taper import suites
 from taper import train as train_module
 from taper.config import Config
 from taper.replay import ReplayBuffer
@@ -128,7 +129,8 @@ def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
                              (ReplayBuffer, "update_priorities", spy_update_priorities),
                              (Agent, "update", spy_update), (Agent, "act", spy_act)):
         monkeypatch.setattr(owner, name, spy)
-    train(tiny(tmp_path / "run", steps_per_env=200, gradient_steps=2, sampler="per"))
+    train(tiny(tmp_path / "run", steps_per_env=200, gradient_steps=2, sampler="per",
+               overlap_envs=False))
 
     assert len(betas) == len(fed_back) == 2 * (200 - 50)
     assert betas[0] == pytest.approx(0.4 + 0.6 * 50 / 200)
@@ -180,6 +182,51 @@ class _FakeAgent:
     def act(self, observations, task_ids, deterministic):
         assert deterministic
         return np.zeros((len(task_ids), 1), np.float32)
+
+
+def test_overlapped_loop_steps_in_a_worker_and_acts_one_update_ahead(tmp_path, monkeypatch):
+    """The env worker is another process; after warm-up each step's actions are chosen before
+    the previous step's update (the documented one-update lag), never across an evaluation."""
+    events, workers = [], []
+    act, update, init = Agent.act, Agent.update, suites.EnvWorker.__init__
+
+    def spy_init(self, make):
+        init(self, make)
+        workers.append(self)
+
+    def spy_act(self, observations, task_ids, deterministic):
+        if not deterministic:
+            events.append("act")
+        return act(self, observations, task_ids, deterministic)
+
+    def spy_update(self, batch):
+        events.append("update")
+        return update(self, batch)
+
+    for owner, name, spy in ((suites.EnvWorker, "__init__", spy_init), (Agent, "act", spy_act),
+                             (Agent, "update", spy_update)):
+        monkeypatch.setattr(owner, name, spy)
+    train(tiny(tmp_path / "run", steps_per_env=120, learning_starts=40, eval_every=60))
+
+    assert len(workers) == 1 and workers[0].pid != os.getpid()
+    assert not workers[0]._process.is_alive()                        # closed with the run
+    # updates at steps 40..119; the actions of step t+1 are chosen before update t, except
+    # across the evaluation at step 60 (chosen after update 59) and after the last step
+    expected = (["act", "update"] * 19 + ["update"] + ["act", "act", "update"]
+                + ["act", "update"] * 58 + ["update"])
+    assert events == expected
+
+
+def test_overlapped_and_sequential_loops_store_the_same_warm_up(tmp_path):
+    """During warm-up no policy is involved: both loops must store identical transitions."""
+    runs = {}
+    for overlap in (True, False):
+        run_dir = train(tiny(tmp_path / str(overlap), steps_per_env=60, learning_starts=60,
+                             eval_every=30, overlap_envs=overlap, deterministic=True))
+        runs[overlap] = torch.load(run_dir / CHECKPOINT, weights_only=False)["replay"]
+    assert _same(runs[True], runs[False])
+    assert [r["success"] for r in rows(tmp_path / "True", "eval")] == \
+        [r["success"] for r in rows(tmp_path / "False", "eval")]
 
 
 def test_evaluate_counts_success_at_any_step():
