@@ -3,7 +3,7 @@ machine one run's ratio moves with the neighbours' load.
 
     python benchmarks/bench_replay_runs.py --runs 5 --repeats 50
 
-Each run is the full interleaved benchmark of `taper bench-replay` (all strategies and the
+Each run is the full interleaved benchmark of `taper bench-replay` (all samplers and the
 installed peers, same defaults). Prints one line per run with the medians behind the two
 targets, then the median, min and max of each target ratio over the runs.
 """

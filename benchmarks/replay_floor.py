@@ -10,8 +10,8 @@ Two reference implementations join the run:
   `kernels.descend_from` does, but no search arithmetic), for a fresh batch of leaves each time,
   spread as ta-per's are (stratified inside each task by the ta-per quotas). Its `update` only
   computes the float64 priorities (|td| + eps)^alpha that `update_priorities` must store.
-- `numpy-uniform`: the plain uniform sampler the issue quotes for orientation, `rng.integers`
-  and a fancy-index gather from five separate arrays (no packed rows, no prefetch).
+- `numpy-uniform`: a plain uniform sampler, for orientation: `rng.integers` and a fancy-index
+  gather from five separate arrays (no packed rows, no prefetch).
 
 Per run it prints the medians and
     floor = (uniform sample + tree-lines sample + tree-lines update) / uniform sample,
@@ -69,12 +69,12 @@ class TreeLines:
         for _ in range(BATCHES):
             u = (np.arange(self.tasks.size) - np.repeat(np.cumsum(quotas) - quotas, quotas)
                  + rng.random(self.tasks.size)) / quotas[self.tasks]
-            self.batches.append((u * self.buf.counts[self.tasks]).astype(np.int64))
+            self.batches.append((u * self.buf.storage.counts[self.tasks]).astype(np.int64))
         self.next = 0
         self.priorities = np.empty(self.td.shape[0])
 
     def sample(self):
-        load_paths(self.buf.trees, self.tasks, self.batches[self.next % BATCHES])
+        load_paths(self.buf.sampler.trees, self.tasks, self.batches[self.next % BATCHES])
         self.next += 1
 
     def update(self):
@@ -89,7 +89,7 @@ class NumpyUniform:
 
     def __init__(self, impls):
         uniform = impls["uniform"].buf
-        self.fields = [np.ascontiguousarray(uniform.storage[:, column])
+        self.fields = [np.ascontiguousarray(uniform.storage.rows[:, column])
                        for column in uniform._columns.values()]
         self.batch_size = impls["uniform"].batch_size
         self.rng = np.random.default_rng(2)

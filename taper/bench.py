@@ -1,4 +1,4 @@
-"""`taper bench-replay`: microseconds per sample / update_priorities / add of every strategy,
+"""`taper bench-replay`: microseconds per sample / update_priorities / add of every sampler,
 and of peer PER libraries when installed, all timed interleaved in one run.
 
 Work per op, for every implementation: `sample` draws K indices, computes IS weights and
@@ -19,7 +19,7 @@ from importlib import import_module
 import numpy as np
 
 from taper.config import Config
-from taper.replay import STRATEGIES, ReplayBuffer
+from taper.replay import SAMPLERS, ReplayBuffer
 
 WARMUP = 5
 
@@ -46,12 +46,12 @@ def _fill_arrays(rng, n, obs_dim, act_dim):
 
 
 class _Taper:
-    """One taper strategy behind the three timed ops."""
+    """One taper sampler behind the three timed ops."""
 
-    def __init__(self, strategy, num_tasks, capacity, obs_dim, act_dim, batch_size, seed):
+    def __init__(self, sampler, num_tasks, capacity, obs_dim, act_dim, batch_size, seed):
         rng = np.random.default_rng(seed)
         k_min, k_max = Config(batch_size=batch_size, sampler="ta-per").quota_bounds(num_tasks)
-        self.buf = ReplayBuffer(num_tasks, capacity, obs_dim, act_dim, strategy=strategy,
+        self.buf = ReplayBuffer(num_tasks, capacity, obs_dim, act_dim, sampler=sampler,
                                 k_min=k_min, k_max=k_max, seed=seed)
         tasks = np.repeat(np.arange(num_tasks), capacity)
         self.buf.add(tasks, **_fill_arrays(rng, tasks.size, obs_dim, act_dim))
@@ -173,8 +173,8 @@ PEERS = {"cpprb": _Cpprb, "tianshou": _Tianshou, "torchrl": _Torchrl}
 
 def _jit_compile_seconds(seed: int) -> float:
     start = time.perf_counter()
-    for strategy in STRATEGIES:
-        buf = ReplayBuffer(2, 4, 3, 1, strategy=strategy, seed=seed)
+    for sampler in SAMPLERS:
+        buf = ReplayBuffer(2, 4, 3, 1, sampler=sampler, seed=seed)
         buf.add(np.arange(2), np.zeros((2, 3)), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 3)),
                 np.zeros(2))
         buf.update_priorities(buf.sample(2).indices, np.ones(2))
@@ -190,7 +190,7 @@ def run(num_tasks=10, capacity=100_000, batch_size=1280, obs_dim=39, act_dim=4, 
     reference implementations of `benchmarks/replay_floor.py`).
     """
     jit_s = _jit_compile_seconds(seed)
-    impls = {s: _Taper(s, num_tasks, capacity, obs_dim, act_dim, batch_size, seed) for s in STRATEGIES}
+    impls = {s: _Taper(s, num_tasks, capacity, obs_dim, act_dim, batch_size, seed) for s in SAMPLERS}
     skipped = {}
     for name, cls in (PEERS.items() if peers else ()):
         try:
@@ -226,8 +226,8 @@ def run(num_tasks=10, capacity=100_000, batch_size=1280, obs_dim=39, act_dim=4, 
 
 
 def targets(result: BenchResult) -> dict[str, float]:
-    """The issue's two ratios: ta-per (sample + update) over uniform sample, and over the
-    fastest peer's sample + update (absent when no peer ran)."""
+    """The two target ratios: ta-per's sample + update over uniform's sample, and the fastest
+    peer's sample + update over ta-per's (absent when no peer ran)."""
     med = result.medians()
     ours = med["ta-per", "sample"] + med["ta-per", "update"]
     out = {"ta-per sample+update / uniform sample": ours / med["uniform", "sample"]}

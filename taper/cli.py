@@ -31,7 +31,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list.")
 def bench_replay(num_tasks, capacity, batch_size, obs_dim, act_dim, repeats, peers, seed,
                  as_json) -> None:
-    """Time sample / update_priorities / add of every strategy (and peers) in one run."""
+    """Time sample / update_priorities / add of every sampler (and peers) in one run."""
     from taper import bench
 
     result = bench.run(num_tasks=num_tasks, capacity=capacity, batch_size=batch_size,

@@ -56,7 +56,7 @@ class Config:
     method: str = "taper"
     """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique features)."""
     sampler: str | None = None
-    """Replay strategy: uniform, average, per, ta-per; None: ta-per for taper, uniform for
+    """Replay sampler: uniform, average, per, ta-per; None: ta-per for taper, uniform for
     mtsac and paco (the samplers of their papers)."""
     seed: int = 0
     """Seed of numpy, torch and the environments."""

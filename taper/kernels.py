@@ -352,7 +352,7 @@ def sample_within_tasks(counts, quotas, u, out_tasks, out_slots):
     """Uniform draws inside each task: quotas[i] draws from task i's counts[i] stored slots.
 
     counts, quotas: (N,) int64; u: (K,) uniforms; outputs (K,) int64, grouped by task. Used by
-    the `average` strategy (quotas K/N) and, with multinomial quotas, by `uniform`.
+    the `average` sampler (quotas K/N) and, with multinomial quotas, by `uniform`.
     """
     start = 0
     for task in range(quotas.shape[0]):
@@ -478,8 +478,9 @@ def is_weights(probs, beta, out):
 
 
 # ---------------------------------------------------------------- one call per buffer operation
-# `ReplayBuffer.sample` and `update_priorities` each cross from Python into numba once: between
-# two batches the learner evicts most caches, and every extra crossing then costs microseconds.
+# A sampler's `sample` and `update_priority` (`taper.samplers`) each cross from Python into numba
+# once: between two batches the learner evicts most caches, and every extra crossing then costs
+# microseconds.
 
 @njit(cache=True)
 def draw_uniform(counts, capacity, u, out_tasks, out_indices):
@@ -542,7 +543,7 @@ def _to_global(tasks, capacity, slots):
 @njit(cache=True)
 def set_priorities(trees, indices, td_errors, counts, capacity, eps, alpha, write):
     """`update_priorities`: p = (|td| + eps)^alpha for global ids, written into the trees
-    (Eq. 2 -> Eq. 3) when `write` (the prioritized strategies) and every input is valid.
+    (Eq. 2 -> Eq. 3) when `write` (the samplers that prioritise) and every input is valid.
 
     indices: (B,) int64; td_errors: (B,) float64. Returns (position of the first id that is not
     a stored slot or -1, position of the first td error with a non-finite priority or -1, the

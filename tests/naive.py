@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import strategies as st
 
 
 class NaiveReplay:
@@ -36,25 +37,25 @@ class NaiveReplay:
     def task_sums(self) -> list[float]:
         return [math.fsum(p) for p in self.priority]
 
-    def probabilities(self, strategy: str, batch_size: int, k_min: int, k_max: int) -> np.ndarray:
+    def probabilities(self, sampler: str, batch_size: int, k_min: int, k_max: int) -> np.ndarray:
         """P(one draw of the batch = slot), straight from the definitions."""
         n_tasks = len(self.rows)
         out = np.zeros((n_tasks, self.capacity))
         stored = sum(self.count)
         holding = [t for t in range(n_tasks) if self.count[t] > 0]
-        if strategy == "uniform":
+        if sampler == "uniform":
             for t in holding:
                 out[t, :self.count[t]] = 1.0 / stored
-        elif strategy == "per":
+        elif sampler == "per":
             total = math.fsum(self.task_sums())
             for t in holding:
                 out[t] = np.array(self.priority[t]) / total
         else:
-            weights = [1.0 if strategy == "average" else self.task_sums()[t] for t in range(n_tasks)]
-            lo, hi = (0, batch_size) if strategy == "average" else (k_min, k_max)
+            weights = [1.0 if sampler == "average" else self.task_sums()[t] for t in range(n_tasks)]
+            lo, hi = (0, batch_size) if sampler == "average" else (k_min, k_max)
             k = quotas(weights, self.count, batch_size, lo, hi)
             for t in holding:
-                if strategy == "average":
+                if sampler == "average":
                     out[t, :self.count[t]] = k[t] / batch_size / self.count[t]
                 else:
                     out[t] = k[t] / batch_size * np.array(self.priority[t]) / self.task_sums()[t]
@@ -85,6 +86,17 @@ def real_quotas(sums, counts, batch_size: int, k_min: int, k_max: int) -> np.nda
     for i, value in clipped(hi).items():
         x[i] = value
     return x
+
+
+@st.composite
+def feasible_bounds(draw, n: int, max_k_min: int = 300) -> tuple[int, int, int]:
+    """Hypothesis strategy of (K, k_min, k_max) that n tasks holding data can meet:
+    n*k_min <= K <= n*k_max, 1 <= K, k_min <= k_max, drawn inside that region (k_max up to 2K:
+    above K it binds no more than K does)."""
+    k_min = draw(st.integers(0, max_k_min))
+    batch_size = draw(st.integers(max(1, n * k_min), n * k_min + 2000))
+    k_max = draw(st.integers(max(k_min, -(-batch_size // n)), 2 * batch_size))
+    return batch_size, k_min, k_max
 
 
 def quotas(sums, counts, batch_size: int, k_min: int, k_max: int) -> np.ndarray:
