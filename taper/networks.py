@@ -109,10 +109,16 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor, task_weights: Tensor | None, groups: TaskGroups) -> Tensor:
+    def params(self, task_weights: Tensor | None, groups: TaskGroups) -> tuple[Tensor, Tensor]:
+        """(weight, bias) as stored: nothing to compose."""
+        return self.weight, self.bias
+
+    def forward(self, x: Tensor, task_weights: Tensor | None, groups: TaskGroups,
+                params: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        weight, bias = self.params(task_weights, groups) if params is None else params
         if x.dim() == 2:
-            return torch.matmul(x, self.weight) + self.bias
-        return torch.baddbmm(self.bias, x, self.weight)
+            return torch.matmul(x, weight) + bias
+        return torch.baddbmm(bias, x, weight)
 
 
 class CompositionalLinear(nn.Module):
@@ -131,17 +137,28 @@ class CompositionalLinear(nn.Module):
         self.weight = nn.Parameter(weight.expand(num_sets, -1, -1, -1).clone())
         self.bias = nn.Parameter(bias.expand(num_sets, -1, -1, -1).clone())
 
-    def forward(self, x: Tensor, task_weights: Tensor, groups: TaskGroups) -> Tensor:
+    def params(self, task_weights: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor] | None:
+        """Grouped path: (theta, bias) composed once per task present, (T', E, in, out) and
+        (T', E, 1, out), for one or several forwards on the same groups. General path: None
+        (each row mixes the Kp outputs itself)."""
         if groups.sizes is None:
-            return self.general(x, task_weights, groups.one_hot)
-        return self.grouped(x, task_weights, groups)
-
-    def grouped(self, x: Tensor, task_weights: Tensor, groups: TaskGroups) -> Tensor:
-        """Rows contiguous by task: compose theta_t once per task present, one matmul per group."""
+            return None
         kp, e, i, o = self.weight.shape
         w = task_weights if groups.present is None else task_weights[groups.present]
-        weight = (w @ self.weight.view(kp, -1)).view(-1, e, i, o)        # (T', E, in, out)
-        bias = (w @ self.bias.view(kp, -1)).view(-1, e, 1, o)            # (T', E, 1, out)
+        weight = (w @ self.weight.view(kp, -1)).view(-1, e, i, o)
+        bias = (w @ self.bias.view(kp, -1)).view(-1, e, 1, o)
+        return weight, bias
+
+    def forward(self, x: Tensor, task_weights: Tensor, groups: TaskGroups,
+                params: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        if groups.sizes is None:
+            return self.general(x, task_weights, groups.one_hot)
+        return self.grouped(x, groups, self.params(task_weights, groups) if params is None
+                            else params)
+
+    def grouped(self, x: Tensor, groups: TaskGroups, params: tuple[Tensor, Tensor]) -> Tensor:
+        """Rows contiguous by task: one matmul per task group with its composed theta_t."""
+        weight, bias = params
         rows = torch.split(x, [n for n in groups.sizes if n], dim=-2)
         tasks = zip(rows, weight.unbind(0), bias.unbind(0))             # unbind: one backward op
         if x.dim() == 2:
@@ -166,10 +183,23 @@ class Body(nn.Module):
         dims = (in_dim, *hidden_sizes, out_dim)
         self.layers = nn.ModuleList(layer(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
-    def forward(self, x: Tensor, task_weights: Tensor | None, groups: TaskGroups) -> Tensor:
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x, task_weights, groups))
-        return self.layers[-1](x, task_weights, groups)
+    def params(self, task_weights: Tensor | None, groups: TaskGroups) -> list:
+        """Every layer's parameters for `groups` (compositional layers: composed once), to pass
+        to several forwards on the same batch; detach them for a forward that must not train
+        this body."""
+        return [layer.params(task_weights, groups) for layer in self.layers]
+
+    def forward(self, x: Tensor, task_weights: Tensor | None, groups: TaskGroups,
+                params: list | None = None) -> Tensor:
+        params = params or [None] * len(self.layers)
+        for layer, p in zip(self.layers[:-1], params):
+            x = torch.relu(layer(x, task_weights, groups, p))
+        return self.layers[-1](x, task_weights, groups, params[-1])
+
+
+def detached(params: list) -> list:
+    """`Body.params` cut from the graph: a forward through them trains nothing of the body."""
+    return [None if p is None else tuple(t.detach() for t in p) for p in params]
 
 
 class Method(nn.Module):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from taper.config import Config
-from taper.networks import (Body, CompositionalLinear, SharedUnique, convex_reset, make_method,
-                            task_groups, triplet_loss, triplet_rows)
+from taper.networks import (Body, CompositionalLinear, Linear, SharedUnique, convex_reset,
+                            detached, make_method, task_groups, triplet_loss, triplet_rows)
 
 
 def distinct_sets(layer: CompositionalLinear, seed: int) -> CompositionalLinear:
@@ -94,6 +94,32 @@ def test_grouped_general_and_per_sample_paths_agree(num_tasks, rows, seed, absen
              (general, grouped)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5 * (1 + a.abs().max().item()), rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer", [lambda a, b: distinct_sets(CompositionalLinear(a, b, 2, 3), a),
+                                   lambda a, b: Linear(a, b, 2)])
+def test_params_composed_once_serve_several_forwards(layer):
+    """`Body.params` gives the same outputs and gradients as composing inside the forward, and
+    `detached` params train nothing of the body while the input still gets its gradient."""
+    torch.manual_seed(0)
+    body = Body(layer, 5, (8, 6), 2)
+    ids = np.array([0, 0, 1, 3, 3, 3])
+    groups = groups_for(ids, 4, grouped=True)
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(ids.size, 5, requires_grad=True)
+    inside = body(x, w, groups)
+    params = body.params(w, groups)
+    shared = body(x, w, groups, params)
+    assert torch.equal(inside, shared)
+    assert torch.equal(body(x, w, groups, params), shared)              # used twice
+    wrt = [x, w, *body.parameters()]
+    grads = [torch.autograd.grad(y.square().sum(), wrt, allow_unused=True) for y in (inside, shared)]
+    for a, b in zip(*grads):
+        assert (a is None and b is None) or torch.equal(a, b)
+    frozen = body(x, w, groups, detached(body.params(w, groups)))
+    x_grad, *others = torch.autograd.grad(frozen.sum(), wrt, allow_unused=True)
+    assert x_grad is not None and x_grad.abs().sum() > 0
+    assert all(g is None for g in others)
 
 
 def test_task_groups_checks_its_input():
