@@ -1,6 +1,6 @@
 """Milliseconds per `Agent.update` of mtsac / paco / taper; grouped vs general compositional path.
 
-    python benchmarks/bench_update.py                       # cpu-small and paper sizes, CPU
+    python benchmarks/bench_update.py                       # every preset's sizes, CPU
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
 
 Rows, per size:

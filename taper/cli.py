@@ -65,7 +65,7 @@ _CONFIG_OPTIONS = (
     click.option("--sampler", type=click.Choice(SAMPLERS), help="[default: ta-per for taper, uniform for mtsac and paco]"),
     click.option("--seed", type=int, help="[default: 0]"),
     click.option("--preset", type=click.Choice(tuple(PRESETS)),
-                 help="Sizes to start from.  [default: paper on CUDA, cpu-small otherwise]"),
+                 help="Sizes to start from.  [default: paper on CUDA, cpu-hour otherwise]"),
     click.option("--device", type=click.Choice(DEVICES), help="[default: auto]"),
     click.option("--out", help="Run folder.  [default: a new folder under runs/]"),
     click.option("--steps-per-env", type=int, help="Environment steps per task."),

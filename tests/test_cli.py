@@ -62,10 +62,10 @@ def test_suite_alone_picks_the_preset_of_the_machine(tmp_path, monkeypatch, capt
     result = CliRunner().invoke(main, ["train", "--suite", "mt10-rand"])
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
-    small = PRESETS["cpu-small"]
-    assert (cfg.preset, cfg.batch_size, cfg.hidden_sizes) == ("cpu-small", small["batch_size"],
+    small = PRESETS["cpu-hour"]
+    assert (cfg.preset, cfg.batch_size, cfg.hidden_sizes) == ("cpu-hour", small["batch_size"],
                                                                small["hidden_sizes"])
-    assert "preset cpu-small" in result.output and "device cpu" in result.output
+    assert "preset cpu-hour" in result.output and "device cpu" in result.output
     assert cfg.out.startswith("runs/mt10-rand_taper_ta-per_s0_") and cfg.out in result.output
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from taper.config import PRESETS, Config
+from taper.config import PRESETS, Config, preset_for
 
 
 def test_sampler_defaults_follow_the_method():
@@ -20,7 +20,7 @@ def test_sampler_defaults_follow_the_method():
 def test_presets_apply_then_overrides_win():
     cfg = Config.from_preset("paper", batch_size=640, seed=None)
     assert cfg.hidden_sizes == (400, 400, 400) and cfg.batch_size == 640 and cfg.seed == 0
-    assert Config() == Config.from_preset("cpu-small"), "the defaults are the cpu-small preset"
+    assert Config() == Config.from_preset("cpu-hour"), "the defaults are the cpu-hour preset"
     assert Config.from_preset("paper").steps_per_env == PRESETS["paper"]["steps_per_env"]
 
 
@@ -64,3 +64,10 @@ def test_importing_the_config_loads_neither_numba_nor_torch():
     assert taper.ReplayBuffer is ReplayBuffer and taper.Config is Config
     with pytest.raises(AttributeError, match="no attribute 'Sampler'"):
         taper.Sampler
+
+
+def test_the_cpu_default_keeps_the_whole_run_and_learns_alpha_within_it():
+    cpu = Config.from_preset(preset_for("cpu"))
+    assert cpu.preset == "cpu-hour" and preset_for("cuda") == "paper"
+    assert cpu.buffer_size >= cpu.steps_per_env * 10, "MT10's whole run fits in the replay"
+    assert cpu.alpha_lr == 3e-4 and Config.from_preset("paper").alpha_lr == 1e-4
