@@ -1,7 +1,8 @@
 """Multi-task SAC: the losses as pure functions, and the `Agent` that chains them.
 
-One update, top to bottom (`Agent.update`), all losses from the same parameters, one backward,
-then every optimizer steps (as PaCo's code does):
+One update (`Agent.update`) in three steps: all losses from the same parameters
+(`Agent._losses`), one backward and every optimizer steps (`Agent._step`, as PaCo's code does),
+one device-to-host transfer of metrics and td errors together (`Agent._to_host`):
 
     a' ~ pi(.|s'),  y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s'))
     critic  = w_IS * sum_j (Q_j(s, a) - y)^2                   (IS-weighted; td error, Eq. 2:
@@ -10,7 +11,8 @@ then every optimizer steps (as PaCo's code does):
     alpha   = -log alpha_i (log pi(a~|s) - |A|)                 (per task, target entropy -|A|)
     + the method's own: PaCo masks the samples of tasks whose mean unweighted loss exceeds
       `extreme_loss_threshold` and resets their w afterwards; taper adds the triplet loss (Eq. 1).
-    then: log alpha clamped to [log_alpha_min, log_alpha_max], target critics lerped by tau.
+    then: log alpha clamped to [log_alpha_min, log_alpha_max], and the target critics
+    moved toward the critics, parameter by parameter: target <- (1 - tau) target + tau online.
 
 The target critics are a Polyak copy of the critics' own parameters; PaCo's task weights w
 are shared with them live (as in PaCo's code, where the target critics are built around the
@@ -19,7 +21,6 @@ same task-encoding network).
 Randomness (policy noise, PaCo resets, triplet draws) comes from one torch generator on the
 device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
 `torch.manual_seed(cfg.seed)` in a forked RNG, so they do not depend on the global state.
-The update makes one device-to-host transfer: metrics and td errors together.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -121,14 +123,28 @@ def frozen(module: nn.Module) -> Iterator[None]:
         module.requires_grad_(True)
 
 
+class Losses(NamedTuple):
+    """One update's losses, on the device, before any parameter moves.
+
+    total: the scalar of the one backward; metrics: metric name -> 0-d tensor (loss/critic,
+    loss/actor, loss/alpha, stats/*, and the method's own); td_error: (K,) Eq. 2 in the staged
+    row order; extreme: (T,) bool, the tasks PaCo masks and resets, None for mtsac.
+    """
+
+    total: Tensor
+    metrics: dict[str, Tensor]
+    td_error: Tensor
+    extreme: Tensor | None
+
+
 class Agent:
     """SAC learner for `cfg.method` (mtsac, paco, taper); see the module docstring for the update.
 
     grouped: compositional layers take the grouped path wherever it pays (`prefers_grouped`:
     update batches, not one observation per task), ungrouped rows sorted by task on the host
     first and results returned in the original order; False: always the general path on the
-    rows as given. Both give the same numbers (tests); on CPU grouped updates are 1.8x
-    (cpu-small) to 4.3x (paper sizes) faster (benchmarks/bench_update.py; CUDA not measured).
+    rows as given. Both give the same numbers (tests/test_sac.py); the README's "Update cost
+    per method" gives the speed of each (measured by benchmarks/bench_update.py).
     """
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, num_tasks: int,
@@ -164,8 +180,8 @@ class Agent:
                   "alpha": ([self.log_alpha], cfg.alpha_lr),
                   **self.method.optimizer_groups(cfg)}
         self.optimizers = {name: _adam(params, lr) for name, (params, lr) in groups.items()}
-        self._target_pairs = (list(self.critic_target.parameters()),
-                              list(self.critic.parameters()))
+        self._target_pairs = list(zip(self.critic_target.parameters(),
+                                      self.critic.parameters()))
 
     # ---- host <-> device -------------------------------------------------------------------
 
@@ -246,7 +262,14 @@ class Agent:
         and paco/reset/<task> = 1.0 for each task reset this step; taper adds loss/triplet and
         triplet/active_fraction.
         """
-        (obs, actions, rewards, next_obs, dones, weights), groups, order = self._stage(batch)
+        staged, groups, order = self._stage(batch)
+        losses = self._losses(staged, groups)
+        self._step(losses)
+        return self._to_host(losses, order)
+
+    def _losses(self, staged: tuple[Tensor, ...], groups: TaskGroups) -> Losses:
+        """All losses from the current parameters (the module docstring's update, line by line)."""
+        obs, actions, rewards, next_obs, dones, weights = staged
         cfg, method, gen = self.cfg, self.method, self.generator
         w = method.task_weights()
         log_alpha = groups.one_hot @ self.log_alpha                    # (K,) the row's task
@@ -271,48 +294,54 @@ class Agent:
         temperature, _ = alpha_loss(log_alpha, log_pi, self.target_entropy)
 
         extreme = method.extreme_tasks(critic_info["squared_error"] + actor + temperature, groups)
-        if extreme is None:
-            losses = (critic.mean(), actor.mean(), temperature.mean())
-        else:
+        if extreme is not None:                                        # PaCo: mask those tasks
             keep = groups.one_hot @ (~extreme).to(critic.dtype)
-            losses = ((critic * keep).mean(), (actor * keep).mean(), (temperature * keep).mean())
-        total = losses[0] + losses[1] + losses[2]
+            critic, actor, temperature = critic * keep, actor * keep, temperature * keep
+        metrics = {"loss/critic": critic.mean(), "loss/actor": actor.mean(),
+                   "loss/alpha": temperature.mean(), "stats/q": q.detach().mean(),
+                   "stats/entropy": actor_info["entropy"].mean(),
+                   "stats/td_error": critic_info["td_error"].mean()}
+        total = metrics["loss/critic"] + metrics["loss/actor"] + metrics["loss/alpha"]
         auxiliary = method.auxiliary_loss(unique, groups, gen)
         if auxiliary is not None:
             total = total + auxiliary[0]
+            metrics.update(auxiliary[1])
+        return Losses(total, metrics, critic_info["td_error"], extreme)
 
+    def _step(self, losses: Losses) -> None:
+        """One backward, every optimizer steps; then the clamp, the targets and PaCo's resets."""
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        losses.total.backward()
         for optimizer in self.optimizers.values():
             optimizer.step()
+        cfg = self.cfg
         with torch.no_grad():
             self.log_alpha.clamp_(cfg.log_alpha_min, cfg.log_alpha_max)
-            torch._foreach_lerp_(self._target_pairs[0], self._target_pairs[1], cfg.tau)
-            if extreme is not None:
-                method.reset_tasks(extreme, gen)
+            for target, online in self._target_pairs:
+                target.lerp_(online, cfg.tau)         # target <- (1 - tau) target + tau online
+            if losses.extreme is not None:
+                self.method.reset_tasks(losses.extreme, self.generator)
 
-        names = ["loss/critic", "loss/actor", "loss/alpha", "stats/q", "stats/entropy",
-                 "stats/td_error"]
-        values = [*losses, q.detach().mean(), actor_info["entropy"].mean(),
-                  critic_info["td_error"].mean()]
-        if auxiliary is not None:
-            names += list(auxiliary[1])
-            values += list(auxiliary[1].values())
+    def _to_host(self, losses: Losses,
+                 order: np.ndarray | None) -> tuple[dict[str, float], np.ndarray]:
+        """(metrics, td errors in the batch's row order) in one device-to-host transfer."""
+        td_error = losses.td_error
         tail = [self.log_alpha.detach().exp()]
-        if extreme is not None:
-            tail.append(extreme.to(critic.dtype))
-        tail.append(critic_info["td_error"])
-        host = torch.cat([torch.stack(values).detach(), *tail]).cpu().numpy().astype(np.float64)
+        if losses.extreme is not None:
+            tail.append(losses.extreme.to(td_error.dtype))
+        tail.append(td_error)
+        values = torch.stack(list(losses.metrics.values())).detach()
+        host = torch.cat([values, *tail]).cpu().numpy().astype(np.float64)
 
-        metrics = {name: float(v) for name, v in zip(names, host)}
-        t, at = self.num_tasks, len(names)
+        metrics = {name: float(v) for name, v in zip(losses.metrics, host)}
+        t, at = self.num_tasks, len(losses.metrics)
         metrics.update({f"alpha/{i}": float(v) for i, v in enumerate(host[at:at + t])})
-        if extreme is not None:
+        if losses.extreme is not None:
             flags = host[at + t:at + 2 * t]
             metrics["paco/resets"] = float(flags.sum())
             metrics.update({f"paco/reset/{i}": 1.0 for i in np.flatnonzero(flags)})
-        td = host[-groups.ids.shape[0]:]
+        td = host[-td_error.shape[0]:]
         if order is not None:
             unsorted = np.empty_like(td)
             unsorted[order] = td

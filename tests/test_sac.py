@@ -1,8 +1,11 @@
-"""The SAC learner: Eq. 2 by hand, IS weights, per-task alpha, PaCo's reset, learning, resume."""
+"""The SAC learner: Eq. 2 by hand, IS weights, per-task alpha and its direction, the target
+critics' Polyak step, PaCo's reset, policy evaluation on a chain with a known answer, learning,
+resume."""
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -10,9 +13,9 @@ import torch
 from scipy.optimize import nnls
 
 from taper.config import Config
-from taper.networks import CompositionalLinear
+from taper.networks import CompositionalLinear, task_groups
 from taper.replay import Batch
-from taper.sac import Agent, critic_loss, resolve_device
+from taper.sac import LOG_STD_MAX, LOG_STD_MIN, Agent, critic_loss, resolve_device
 
 METHODS = ("mtsac", "paco", "taper")
 OBS, ACT = 3, 2
@@ -155,6 +158,26 @@ def test_log_alpha_is_clamped():
     assert metrics["alpha/1"] == pytest.approx(np.exp(-0.15), rel=1e-6)
 
 
+@pytest.mark.parametrize("log_std, rises", [(-4.5, True), (0.0, False)])
+def test_log_alpha_rises_below_the_target_entropy_and_falls_above(log_std, rises):
+    """Every row's policy is tanh(N(0, exp(log_std)^2)): at log std -4.5 its entropy is far below
+    the target -|A|, at 0 far above; log alpha starts between its clamps."""
+    cfg = tiny("mtsac", init_temperature=0.1, alpha_lr=0.01, log_alpha_min=-10.0,
+               log_alpha_max=1.0)
+    agent = Agent(cfg, OBS, ACT, 3, "cpu")
+    head = agent.actor.layers[-1]
+    with torch.no_grad():                          # output = bias: mean 0, the raw log std
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[..., ACT:] = math.atanh(
+            2 * (log_std - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN) - 1)
+    before = agent.log_alpha.detach().clone()
+    metrics, _ = agent.update(make_batch(IDS))
+    assert (metrics["stats/entropy"] < -ACT) == rises
+    step = agent.log_alpha.detach() - before       # Adam's first step: alpha_lr * sign(grad)
+    np.testing.assert_allclose(step, np.full(3, 0.01 if rises else -0.01), rtol=1e-3)
+
+
 # ---- one update ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", METHODS)
@@ -175,6 +198,26 @@ def test_one_update_changes_every_parameter_and_keeps_them_finite(method):
         expected |= {"loss/triplet", "triplet/active_fraction"}
     assert set(metrics) == expected
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_target_critics_take_a_tau_step_toward_the_updated_critics(method):
+    """target <- (1 - tau) target + tau critic, with the critic after its optimizer step; the
+    targets start away from the critics, so tau and 1 - tau give different numbers."""
+    tau = 0.3
+    agent = Agent(tiny(method, tau=tau), OBS, ACT, 3, "cpu")
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in agent.critic_target.parameters():
+            p.add_(torch.randn(p.shape, generator=noise))
+    old = {n: p.detach().clone() for n, p in agent.critic_target.named_parameters()}
+    before = {n: p.detach().clone() for n, p in agent.critic.named_parameters()}
+    agent.update(make_batch(IDS))
+    for (name, target), online in zip(agent.critic_target.named_parameters(),
+                                      agent.critic.parameters()):
+        assert not torch.equal(online, before[name]), f"critic {name} did not step"
+        torch.testing.assert_close(target, (1 - tau) * old[name] + tau * online.detach(),
+                                   rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("method", ["paco", "taper"])
@@ -234,6 +277,82 @@ def test_extreme_task_is_masked_and_only_its_w_reset_to_a_convex_combination(met
     system = np.vstack([w[healthy].double().numpy().T, 1e3 * np.ones(3)])
     coeffs, residual = nnls(system, np.append(w[2].double().numpy(), 1e3))
     assert residual < 1e-4, (coeffs, residual)
+
+
+# ---- policy evaluation with a known answer ---------------------------------------------------
+
+CHAIN_REWARDS = np.array([-4.0, 1.0, 1.0, 1.0, 1.0, 8.0])
+"""Reward for entering each state of the chain 0..5; the ends 0 and 5 are terminal."""
+
+
+def chain_transitions(rng: np.random.Generator, episodes: int = 40,
+                      time_limit: int = 4) -> np.ndarray:
+    """(n, 4) int rows (s, s', terminated, truncated) of fair random walks from interior starts.
+
+    An episode cut by the time limit ends with terminated = 0 and its true next state: the
+    buffer stores it as a transition to bootstrap from (done = terminated alone).
+    """
+    rows, end = [], len(CHAIN_REWARDS) - 1
+    for _ in range(episodes):
+        s = int(rng.integers(1, end))
+        for t in range(time_limit):
+            nxt = s + (1 if rng.random() < 0.5 else -1)
+            terminated = nxt in (0, end)
+            rows.append((s, nxt, terminated, not terminated and t == time_limit - 1))
+            if terminated:
+                break
+            s = nxt
+    return np.array(rows, dtype=np.int64)
+
+
+def chain_values(rows: np.ndarray, gamma: float) -> np.ndarray:
+    """V of the interior states 1..4 under the data's own model: V = r + gamma P V, solved."""
+    n = len(CHAIN_REWARDS)
+    s, nxt, terminated = rows[:, 0], rows[:, 1], rows[:, 2]
+    visits = np.bincount(s, minlength=n)[1:-1]
+    reward = np.bincount(s, weights=CHAIN_REWARDS[nxt], minlength=n)[1:-1] / visits
+    go_on = terminated == 0
+    counts = np.zeros((n, n))
+    np.add.at(counts, (s[go_on], nxt[go_on]), 1.0)
+    p = counts[1:-1, 1:-1] / visits[:, None]
+    return np.linalg.solve(np.eye(n - 2) - gamma * p, reward)
+
+
+def test_critic_converges_to_the_exact_values_of_a_chain_with_terminal_ends_and_time_limits():
+    """Rewards and moves do not depend on the action, so Q(s, a) = V(s) under any policy; alpha
+    is fixed at 1e-6 (clamped), so the entropy bonus is negligible. Every transition appears
+    with the same five actions, so the best fit at each action is the same expectation."""
+    gamma, n, actions = 0.9, len(CHAIN_REWARDS), np.linspace(-1, 1, 5, dtype=np.float32)
+    rows = chain_transitions(np.random.default_rng(0))
+    assert rows[:, 2].sum() > 0 and rows[:, 3].sum() > 0          # terminations and time limits
+    values = chain_values(rows, gamma)
+    eye, m = np.eye(n, dtype=np.float32), len(actions)
+    k = len(rows) * m
+    batch = Batch(observations=np.repeat(eye[rows[:, 0]], m, axis=0),
+                  actions=np.tile(actions, len(rows))[:, None],
+                  rewards=np.repeat(CHAIN_REWARDS[rows[:, 1]], m).astype(np.float32),
+                  next_observations=np.repeat(eye[rows[:, 1]], m, axis=0),
+                  dones=np.repeat(rows[:, 2], m).astype(np.float32),
+                  task_ids=np.zeros(k, np.int64), indices=np.arange(k),
+                  weights=np.ones(k, np.float32))
+    alpha = 1e-6
+    cfg = Config(method="mtsac", hidden_sizes=(32, 32), gamma=gamma, tau=0.1, lr=3e-3,
+                 init_temperature=alpha, log_alpha_min=math.log(alpha),
+                 log_alpha_max=math.log(alpha))
+    agent = Agent(cfg, n, 1, 1, "cpu")
+    for _ in range(600):
+        agent.update(batch)
+
+    grid = 21                                                      # Q(s, a) on a finer grid
+    obs = torch.from_numpy(np.repeat(eye[1:-1], grid, axis=0))
+    probe = torch.linspace(-1, 1, grid).repeat(n - 2)[:, None]
+    groups = task_groups(torch.zeros(len(obs), dtype=torch.int64), 1, "cpu", grouped=False)
+    with torch.no_grad():
+        features, _ = agent.method.features(obs, groups)
+        q = agent.critic(torch.cat([features, probe], dim=-1), None, groups)
+    q = q.squeeze(-1).numpy().reshape(2, n - 2, grid)
+    error = np.abs(q - values[None, :, None]).max()
+    assert error < 0.03 * np.abs(values).max(), (values, q.mean(axis=(0, 2)))
 
 
 # ---- learning --------------------------------------------------------------------------------
