@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from taper.config import Config
-from taper.networks import TaskGroups, make_method, task_groups
+from taper.networks import TaskGroups, detached, make_method, task_groups
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 """Range of the policy's log standard deviation (tanh-rescaled, as in CleanRL)."""
@@ -274,22 +274,27 @@ class Agent:
         w = method.task_weights()
         log_alpha = groups.one_hot @ self.log_alpha                    # (K,) the row's task
         alpha = log_alpha.detach().exp()
+        actor_params = self.actor.params(w, groups)          # composed once, used twice
+        critic_params = self.critic.params(w, groups)
 
         with torch.no_grad():
             next_features, _ = method.features(next_obs, groups)
             next_actions, next_log_pi = squashed_gaussian(
-                self.actor(next_features, w, groups)[0], gen)
+                self.actor(next_features, w, groups, actor_params)[0], gen)
             next_q = self.critic_target(torch.cat([next_features, next_actions], dim=-1),
                                         w, groups).squeeze(-1)
             target = soft_target(next_q, next_log_pi, alpha, rewards, dones, cfg.gamma)
 
         features, unique = method.features(obs, groups)
-        q = self.critic(torch.cat([features, actions], dim=-1), w, groups).squeeze(-1)
+        q = self.critic(torch.cat([features, actions], dim=-1), w, groups,
+                        critic_params).squeeze(-1)
         critic, critic_info = critic_loss(q, target, weights)
-        actions_pi, log_pi = squashed_gaussian(self.actor(features, w, groups)[0], gen)
+        actions_pi, log_pi = squashed_gaussian(
+            self.actor(features, w, groups, actor_params)[0], gen)
         with frozen(self.critic):
             q_pi = self.critic(torch.cat([features.detach(), actions_pi], dim=-1),
-                               None if w is None else w.detach(), groups).squeeze(-1)
+                               None if w is None else w.detach(), groups,
+                               detached(critic_params)).squeeze(-1)
         actor, actor_info = actor_loss(q_pi, log_pi, alpha)
         temperature, _ = alpha_loss(log_alpha, log_pi, self.target_entropy)
 
