@@ -44,11 +44,14 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda if available else cpu; "cpu"/"cuda" as given."""
+    """"auto" -> cuda if available else cpu; "cpu"/"cuda" as given, ValueError for "cuda" where
+    no CUDA device is available or a name that is none of the three."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device={name!r} is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; use cpu or auto")
     return torch.device(name)
 
 

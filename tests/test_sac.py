@@ -428,5 +428,8 @@ def test_same_seed_same_updates_and_config_checks():
         a.update(make_batch(IDS, obs=OBS + 1))
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'tpu' is not one of auto, cpu, cuda"):
         resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            resolve_device("cuda")
