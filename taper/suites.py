@@ -15,8 +15,8 @@ Suites (Config.suite):
 The task id is the env index; task order and names are metaworld's (``env_dict.MT10_V3``:
 reach, push, pick-place, door-open, drawer-open, drawer-close, button-press-topdown,
 peg-insert-side, window-open, window-close). Observations come without the one-hot, as
-float64 from metaworld, and the vector envs autoreset in SAME_STEP mode (REFERENCE.md,
-"Metaworld 3.x").
+float64 from metaworld, and the vector envs autoreset in SAME_STEP mode (gymnasium's
+``AutoresetMode.SAME_STEP``: the step that ends an episode also resets it).
 
 The goal set (and the fixed goal of ``mt10``/``mt50``) is a function of ``make_envs(seed=)``:
 envs that should share goals, such as training and evaluation envs, must be made with the
@@ -243,7 +243,7 @@ def successes(infos: dict, num_envs: int) -> np.ndarray:
     With SAME_STEP autoreset the step that ends an episode reports that episode's last info
     under ``final_info`` (masked by ``_final_info``), and the next episode's reset info at the
     top level; so read ``success`` masked by ``_success`` and then the final infos, or the
-    success of every episode's last step is lost (REFERENCE.md, "Metaworld 3.x").
+    success of every episode's last step is lost.
     """
     out = np.zeros(num_envs)
     if "success" in infos:
