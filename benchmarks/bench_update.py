@@ -1,6 +1,7 @@
 """Milliseconds per `Agent.update` of mtsac / paco / taper; grouped vs general compositional path.
 
     python benchmarks/bench_update.py                       # every preset's sizes, CPU
+    python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
 
 Rows, per size:
@@ -74,9 +75,22 @@ def time_interleaved(cases: dict, repeats: int, warmup: int, device: torch.devic
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def size_spec(size: str) -> dict:
+    """A preset's sizes, or "WxW..:K" (widths and batch size, e.g. 256x256x256:256)."""
+    if size in SIZES:
+        return SIZES[size]
+    try:
+        widths, k = size.split(":")
+        return {"hidden_sizes": tuple(int(x) for x in widths.split("x")), "batch_size": int(k)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size {size!r} is neither a preset ({', '.join(SIZES)}) nor WxW..:K, "
+            "e.g. 256x256x256:256") from None
+
+
 def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> list[tuple]:
     rng = np.random.default_rng(args.seed)
-    spec = SIZES[size]
+    spec = size_spec(size)
     k, n = spec["batch_size"], args.num_tasks
     grouped_ids = np.repeat(np.arange(n), -(-k // n))[:k]
     uniform_ids = rng.integers(0, n, k)
@@ -134,7 +148,8 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES),
+                        help="presets and/or WxW..:K sizes, e.g. cpu-hour 256x256x256:256")
     parser.add_argument("--methods", nargs="+", default=["mtsac", "paco", "taper"],
                         choices=["mtsac", "paco", "taper"])
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
@@ -151,16 +166,21 @@ def main(argv: list[str] | None = None) -> None:
                              "machine (CPU device only; counts every thread's time)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for size in args.sizes:
+        try:
+            size_spec(size)
+        except argparse.ArgumentTypeError as error:
+            parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"tasks={args.num_tasks} obs={args.obs_dim} act={args.act_dim} "
           f"Kp={args.num_param_sets} repeats={args.repeats} clock={args.clock}")
-    print(f"{'size':<10} {'case':<32} {'ms':>10} {'x base':>8}")
+    print(f"{'size':<16} {'case':<32} {'ms':>10} {'x base':>8}")
     for size in args.sizes:
         for size_name, name, value, ratio in bench_size(size, args, device):
-            print(f"{size_name:<10} {name:<32} {value:>10.2f} {ratio:>8.2f}", flush=True)
+            print(f"{size_name:<16} {name:<32} {value:>10.2f} {ratio:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":
