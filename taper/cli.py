@@ -7,8 +7,8 @@ import json
 
 import click
 
-from taper.config import (DEVICES, METHODS, PRESETS, REWARD_VERSIONS, SAMPLERS, Config,
-                          preset_for)
+from taper.config import (DEVICES, METHODS, PRESETS, PRIORITY_SCALES, REWARD_VERSIONS, SAMPLERS,
+                          Config, preset_for)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,7 +93,11 @@ _CONFIG_OPTIONS = (
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),
     click.option("--per-beta", type=float,
                  help="Initial IS exponent, annealed to 1 (Eq. 4).  [default: 0.4]"),
-    click.option("--per-eps", type=float, help="Added to |td| before the exponent.  [default: 1e-6]"),
+    click.option("--per-eps", type=float,
+                 help="Added to |td| before the exponent.  [default: 1e-6]"),
+    click.option("--priority-scale", type=click.Choice(PRIORITY_SCALES),
+                 help="task: TD errors divided by their task's batch mean before they become "
+                      "priorities (not in the paper).  [default: none]"),
     click.option("--num-param-sets", type=int, help="Kp, PaCo parameter sets.  [default: 5]"),
     click.option("--unique-dim", type=int, help="Width of the unique feature u.  [default: 32]"),
     click.option("--unique-hidden-sizes", type=_Widths(),

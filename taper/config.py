@@ -16,6 +16,7 @@ METHODS = ("mtsac", "paco", "taper")
 SAMPLERS = ("uniform", "average", "per", "ta-per")
 DEVICES = ("auto", "cpu", "cuda")
 REWARD_VERSIONS = ("v1", "v2")
+PRIORITY_SCALES = ("none", "task")
 PRESETS = {
     # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env,
     # PaCo's alpha learning rate 1e-4 (tuned for 2M steps).
@@ -128,6 +129,10 @@ class Config:
     """Initial IS exponent beta, annealed linearly to 1 over the run (Eq. 4)."""
     per_eps: float = 1e-6
     """Added to |td| before the exponent."""
+    priority_scale: str = "none"
+    """none: priorities from |td| as in the paper (Eq. 2); task: |td| divided by the mean |td|
+    of its task's rows in the batch first (a deviation from the paper, see
+    `replay.scale_per_task`)."""
     k_min: int | None = None
     """TA-PER minimum per-task quota (Eq. 5); None: K // (4N) for ta-per."""
     k_max: int | None = None
@@ -164,6 +169,7 @@ class Config:
         _check_choice("device", self.device, DEVICES)
         _check_choice("preset", self.preset, tuple(PRESETS))
         _check_choice("reward_version", self.reward_version, REWARD_VERSIONS)
+        _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
         for name in ("steps_per_env", "batch_size", "buffer_size", "gradient_steps",
                      "eval_every", "eval_episodes", "episode_length", "log_every",
                      "num_param_sets", "unique_dim"):

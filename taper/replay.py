@@ -206,6 +206,20 @@ class ReplayBuffer:
                              f"{n}*k_min <= {batch_size} <= {n}*k_max")
 
 
+def scale_per_task(td_errors: np.ndarray, task_ids: np.ndarray, num_tasks: int) -> np.ndarray:
+    """|td| divided by the mean |td| of the same task's rows in the batch: (K,) float64.
+
+    Not in the paper (`Config.priority_scale="task"`): a task whose values are large has large
+    absolute TD errors, so Eq. 5 gives it the larger quota whether or not it is still learning;
+    scaled, each task's priorities measure surprise relative to its own TD errors. A task whose
+    rows all have td = 0 keeps zeros.
+    """
+    td = np.abs(np.asarray(td_errors, np.float64))
+    ids = np.asarray(task_ids)
+    means = np.bincount(ids, td, num_tasks) / np.maximum(np.bincount(ids, None, num_tasks), 1)
+    return td / np.where(means > 0, means, 1.0)[ids]
+
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name}={value!r} must be a positive integer")

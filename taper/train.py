@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from taper import suites
 from taper.config import Config
-from taper.replay import ReplayBuffer
+from taper.replay import ReplayBuffer, scale_per_task
 from taper.runs import CHECKPOINT, METRICS, TENSORBOARD, check, run_dir_for
 from taper.sac import Agent, resolve_device
 
@@ -195,6 +195,8 @@ class _Run:
             metrics, td_errors = self.agent.update(batch)
         state.updates += 1
         self.check_finite(metrics, td_errors)
+        if cfg.priority_scale == "task":
+            td_errors = scale_per_task(td_errors, batch.task_ids, self.spec.num_tasks)
         with self.clock("replay_update"):
             self.buf.update_priorities(batch.indices, td_errors)
         self.metrics = {**metrics, "beta": beta}

@@ -43,6 +43,7 @@ def captured(monkeypatch):
     (["--reward-version", "v3"], "v3"),
     (["--unique-hidden-sizes", "0"], "unique_hidden_sizes=(0,)"),
     (["--gamma", "1"], "gamma=1.0"),
+    (["--priority-scale", "value"], "value"),
 ])
 def test_bad_values_exit_2_name_the_value_and_write_nothing(tmp_path, monkeypatch, args, named):
     monkeypatch.chdir(tmp_path)
@@ -150,7 +151,7 @@ def test_every_config_field_is_a_train_option(tmp_path, captured):
     args = ["train", *TINY, "--lr", "1e-3", "--alpha-lr", "2e-3", "--gamma", "0.9", "--tau",
             "0.01", "--init-temperature", "0.5", "--log-alpha-min", "-7", "--log-alpha-max",
             "1", "--reward-version", "v1", "--per-eps", "1e-4", "--unique-hidden-sizes", "8,8",
-            "--unique-lr", "5e-4", "--out", str(tmp_path / "r")]
+            "--unique-lr", "5e-4", "--priority-scale", "task", "--out", str(tmp_path / "r")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
@@ -158,4 +159,4 @@ def test_every_config_field_is_a_train_option(tmp_path, captured):
         1e-3, 2e-3, 0.9, 0.01, 0.5)
     assert (cfg.log_alpha_min, cfg.log_alpha_max, cfg.reward_version, cfg.per_eps) == (
         -7, 1, "v1", 1e-4)
-    assert (cfg.unique_hidden_sizes, cfg.unique_lr) == ((8, 8), 5e-4)
+    assert (cfg.unique_hidden_sizes, cfg.unique_lr, cfg.priority_scale) == ((8, 8), 5e-4, "task")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from taper import config
-from taper.replay import SAMPLERS, ReplayBuffer
+from taper.replay import SAMPLERS, ReplayBuffer, scale_per_task
 from tests import naive
 
 OBS, ACT = 3, 2
@@ -304,3 +304,22 @@ def test_bad_calls_raise_naming_the_value():
     with pytest.raises(ValueError, match="beta=2"):
         buf.sample(8, beta=2)
     assert buf.sample(8).task_ids.tolist() == [0] * 4 + [1] * 4
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(0, 2**16))
+def test_td_errors_scaled_per_task_have_mean_one_in_every_task(num_tasks, k, seed):
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.integers(0, num_tasks, k))
+    scales = 10.0 ** rng.uniform(-3, 3, num_tasks)
+    td = rng.normal(size=k) * scales[ids]
+    td[rng.random(k) < 0.1] = 0.0
+    scaled = scale_per_task(td, ids, num_tasks)
+    assert scaled.shape == (k,) and (scaled >= 0).all()
+    for task in np.unique(ids):
+        rows = ids == task
+        if np.abs(td[rows]).sum() > 0:
+            assert scaled[rows].mean() == pytest.approx(1.0)
+            np.testing.assert_allclose(scaled[rows] * np.abs(td[rows]).mean(), np.abs(td[rows]))
+        else:
+            assert (scaled[rows] == 0).all()

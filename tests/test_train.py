@@ -17,7 +17,7 @@ import torch
 from taper import suites
 from taper import train as train_module
 from taper.config import Config
-from taper.replay import ReplayBuffer
+from taper.replay import ReplayBuffer, scale_per_task
 from taper.sac import Agent
 from taper.train import CHECKPOINT, evaluate, evaluate_run, train
 
@@ -79,7 +79,8 @@ def test_mt10_rand_end_to_end(tmp_path):
     assert list((run_dir / "tensorboard").iterdir())
 
 
-def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
+@pytest.mark.parametrize("priority_scale", ["none", "task"])
+def test_loop_follows_algorithm_1(tmp_path, monkeypatch, priority_scale):
     """Warm-up without the policy, beta annealed, TD errors fed back, (s, a, r, s', terminated)
     stored with the true s' at episode ends, PaCo resets logged."""
     betas, fed_back, acted, added, stepped = [], [], [], [], []
@@ -110,7 +111,9 @@ def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
 
     def spy_update(self, batch):
         metrics, td = update(self, batch)
-        fed_back.append((batch.indices.copy(), td.copy()))
+        expected = scale_per_task(td, batch.task_ids, 1) if priority_scale == "task" else td
+        assert priority_scale == "none" or not np.allclose(expected, np.abs(td))
+        fed_back.append((batch.indices.copy(), expected.copy()))
         if len(fed_back) == 10:
             metrics = {**metrics, "paco/resets": 1.0, "paco/reset/0": 1.0}
         return metrics, td
@@ -130,7 +133,7 @@ def test_loop_follows_algorithm_1(tmp_path, monkeypatch):
                              (Agent, "update", spy_update), (Agent, "act", spy_act)):
         monkeypatch.setattr(owner, name, spy)
     train(tiny(tmp_path / "run", steps_per_env=200, gradient_steps=2, sampler="per",
-               overlap_envs=False))
+               overlap_envs=False, priority_scale=priority_scale))
 
     assert len(betas) == len(fed_back) == 2 * (200 - 50)
     assert betas[0] == pytest.approx(0.4 + 0.6 * 50 / 200)
