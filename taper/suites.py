@@ -351,8 +351,14 @@ def _box_dim(space: gym.spaces.Box) -> int:
     return int(space.shape[0])
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _use_async(asynchronous: bool | None, num_envs: int) -> bool:
     if asynchronous is not None:
         return asynchronous
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return num_envs > 1 and (cpus or 1) >= _ASYNC_MIN_CPUS
+    return num_envs > 1 and available_cpus() >= _ASYNC_MIN_CPUS

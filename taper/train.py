@@ -325,9 +325,13 @@ def _make_envs(cfg: Config, in_worker: bool = False):
 
 
 def _configure_torch(cfg: Config) -> None:
-    """Deterministic mode: one CPU thread (the Agent turns on deterministic kernels)."""
+    """Deterministic mode: one CPU thread (the Agent turns on deterministic kernels).
+    Overlapped envs: the env worker keeps one CPU busy, so torch gets at most the others (on
+    2 CPUs one thread; a second one only fights the worker, see README "Training speed")."""
     if cfg.deterministic:
         torch.set_num_threads(1)
+    elif cfg.overlap_envs:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), suites.available_cpus() - 1)))
 
 
 # ---------------------------------------------------------------------- checkpoints

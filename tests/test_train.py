@@ -232,6 +232,15 @@ def test_overlapped_and_sequential_loops_store_the_same_warm_up(tmp_path):
         [r["success"] for r in rows(tmp_path / "False", "eval")]
 
 
+@pytest.mark.parametrize("overlap, threads", [(True, 2), (False, 4)])
+def test_overlapped_runs_leave_the_env_worker_a_cpu(tmp_path, monkeypatch, overlap, threads):
+    monkeypatch.setattr(suites, "available_cpus", lambda: 3)
+    torch.set_num_threads(4)
+    train(tiny(tmp_path / "run", steps_per_env=60, learning_starts=60, eval_every=60,
+               overlap_envs=overlap))
+    assert torch.get_num_threads() == threads
+
+
 def test_evaluate_counts_success_at_any_step():
     spec = type("Spec", (), {"num_tasks": 2, "task_names": ("a", "b")})()
     result = evaluate(_FakeAgent(), _FakeEnvs(), spec, episodes=2, seed=0)
