@@ -293,7 +293,8 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     run_dir = Path(run_dir)
     cfg = Config.load(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
-    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, resolve_device(device or cfg.device))
+    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks,
+                  resolve_device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
     with contextlib.closing(_make_envs(cfg)) as envs:
