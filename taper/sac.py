@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from taper.config import Config
-from taper.networks import TaskGroups, detached, make_method, task_groups
+from taper.methods import make_method
+from taper.networks import TaskGroups, detached, task_groups
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 """Range of the policy's log standard deviation (tanh-rescaled, as in CleanRL)."""

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from taper.config import Config
-from taper.networks import (Body, CompositionalLinear, Linear, SharedUnique, convex_reset,
-                            detached, make_method, task_groups, triplet_loss, triplet_rows)
+from taper.methods import SharedUnique, convex_reset, make_method, triplet_loss, triplet_rows
+from taper.networks import Body, CompositionalLinear, Linear, detached, task_groups
 
 
 def distinct_sets(layer: CompositionalLinear, seed: int) -> CompositionalLinear:

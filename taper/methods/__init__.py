@@ -1,0 +1,26 @@
+"""The multi-task methods (`Config.method`), one small class each, all answering the questions
+of `Method` (what the networks see, which layer they are built of, which extra parameters and
+losses there are):
+
+- `MTSAC` ("mtsac"): the state and the task one-hot into plain MLPs.
+- `PaCo` ("paco", Sun et al. 2022): compositional layers, the task only through w.
+- `SharedUnique` ("taper", the paper): PaCo on [s, u], u = f(s) trained by the triplet loss.
+"""
+
+from __future__ import annotations
+
+from taper.config import Config
+from taper.methods.base import Method
+from taper.methods.mtsac import MTSAC
+from taper.methods.paco import PaCo, convex_reset
+from taper.methods.shared_unique import SharedUnique, triplet_loss, triplet_rows
+
+METHODS: dict[str, type[Method]] = {"mtsac": MTSAC, "paco": PaCo, "taper": SharedUnique}
+
+__all__ = ["METHODS", "MTSAC", "Method", "PaCo", "SharedUnique", "convex_reset", "make_method",
+           "triplet_loss", "triplet_rows"]
+
+
+def make_method(cfg: Config, obs_dim: int, num_tasks: int) -> Method:
+    """The method object named by `cfg.method`."""
+    return METHODS[cfg.method](cfg, obs_dim, num_tasks)
