@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("mtsac", "paco", "taper")
+METHODS = ("mtsac", "paco", "taper", "single", "pcgrad", "softmod")
 SAMPLERS = ("uniform", "average", "per", "ta-per")
 DEVICES = ("auto", "cpu", "cuda")
 REWARD_VERSIONS = ("v1", "v2")
@@ -72,10 +72,12 @@ class Config:
     suite: str = "mt10-rand"
     """Task suite: mt10-rand, mt50-rand, mt10, mt50, mt1:<task>, gym:<EnvId>."""
     method: str = "taper"
-    """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique features)."""
+    """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique
+    features), single (one independent network per task), pcgrad (mtsac + gradient surgery),
+    softmod (soft modularization)."""
     sampler: str | None = None
-    """Replay sampler: uniform, average, per, ta-per; None: ta-per for taper, uniform for
-    mtsac and paco (the samplers of their papers)."""
+    """Replay sampler: uniform, average, per, ta-per; None: ta-per for taper, uniform for the
+    others (the samplers of their papers)."""
     seed: int = 0
     """Seed of numpy, torch and the environments."""
     preset: str = "cpu-hour"
@@ -152,6 +154,14 @@ class Config:
     """Adam learning rate of the unique-feature MLP."""
     unique_sac_grad: bool = False
     """Let SAC gradients flow into the unique-feature MLP (ablation)."""
+    num_modules: int = 2
+    """Soft Modularization: modules per layer, M (original code: 2 for MT10, 4 for MT50)."""
+    module_layers: int = 2
+    """Soft Modularization: layers of modules, L (original code: 2 for MT10, 4 for MT50)."""
+    module_width: int = 256
+    """Soft Modularization: width of each module and of the routing layers (256; MT50: 128)."""
+    routing_layers: int = 2
+    """Soft Modularization: linear layers of the routing trunk on z * f (original code: 2)."""
 
     overlap_envs: bool = True
     """Step the training envs in a worker process while the learner updates: the actions of
@@ -172,11 +182,13 @@ class Config:
         _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
         for name in ("steps_per_env", "batch_size", "buffer_size", "gradient_steps",
                      "eval_every", "eval_episodes", "episode_length", "log_every",
-                     "num_param_sets", "unique_dim"):
+                     "num_param_sets", "unique_dim", "num_modules", "module_layers",
+                     "module_width"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if self.learning_starts < 0:
-            raise ValueError(f"learning_starts={self.learning_starts!r} must be >= 0")
+        for name in ("learning_starts", "routing_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         for name in ("hidden_sizes", "unique_hidden_sizes"):
             widths = getattr(self, name)
             if not widths or min(widths) <= 0:

@@ -7,6 +7,8 @@ are one body with E = 2, so both critics run in one batched matmul per layer.
 - `Linear`: E independent affine maps, the plain MLP layer.
 - `CompositionalLinear` (PaCo, Sun et al. 2022): Kp parameter sets Phi = [phi_1 .. phi_Kp],
   task parameters theta_i = Phi w_i for the row w_i of the task-weight table w.
+- `TaskLinear`: one affine map per task (independent single-task networks): a compositional
+  layer whose task weights are fixed to the identity, Kp = T, so theta_t = phi_t.
 - `Body`: ReLU hidden layers and a linear head of one of these layers.
 - `TaskGroups`: which task each row of a batch belongs to.
 
@@ -153,6 +155,35 @@ class CompositionalLinear(nn.Module):
         mix = one_hot @ task_weights                                     # (B, Kp)
         y = torch.matmul(x, self.weight) + self.bias                     # (Kp, E, B, out)
         return torch.einsum("bk,kebo->ebo", mix, y)
+
+
+class TaskLinear(CompositionalLinear):
+    """One affine map per task: `CompositionalLinear` with w fixed to the identity (Kp = T).
+
+    weight (T, E, in, out) and bias (T, E, 1, out); row of task t: y = x W_t + b_t. Each task's
+    map has its own nn.Linear-style init (independent networks, not copies). Grouped path: the
+    stored maps of the tasks present, nothing composed; general path: every row through all T
+    maps, then the row's own picked by its one-hot. `task_weights` is ignored.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, ensemble: int = 1, num_tasks: int = 1) -> None:
+        nn.Module.__init__(self)
+        bound = in_dim ** -0.5
+        self.weight = nn.Parameter(
+            torch.empty(num_tasks, ensemble, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_tasks, ensemble, 1, out_dim).uniform_(-bound, bound))
+
+    def params(self, task_weights: Tensor | None, groups: TaskGroups) -> tuple[Tensor, Tensor] | None:
+        """Grouped path: the maps of the tasks present, (T', E, in, out), (T', E, 1, out)."""
+        if groups.sizes is None:
+            return None
+        if groups.present is None:
+            return self.weight, self.bias
+        return self.weight[groups.present], self.bias[groups.present]
+
+    def general(self, x: Tensor, task_weights: Tensor | None, one_hot: Tensor) -> Tensor:
+        y = torch.matmul(x, self.weight) + self.bias                     # (T, E, B, out)
+        return torch.einsum("bt,tebo->ebo", one_hot, y)
 
 
 class Body(nn.Module):

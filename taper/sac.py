@@ -1,7 +1,8 @@
 """Multi-task SAC: the losses as pure functions, and the `Agent` that chains them.
 
 One update (`Agent.update`) in three steps: all losses from the same parameters
-(`Agent._losses`), one backward and every optimizer steps (`Agent._step`, as PaCo's code does),
+(`Agent._losses`), the method's backward (one backward of the total, as PaCo's code does; PCGrad
+projects per-task gradients) and every optimizer steps (`Agent._step`),
 one device-to-host transfer of metrics and td errors together (`Agent._to_host`):
 
     a' ~ pi(.|s'),  y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s'))
@@ -10,7 +11,8 @@ one device-to-host transfer of metrics and td errors together (`Agent._to_host`)
     actor   = alpha_i log pi(a~|s) - min_j Q_j(s, a~),   a~ ~ pi(.|s), critics frozen
     alpha   = -log alpha_i (log pi(a~|s) - |A|)                 (per task, target entropy -|A|)
     + the method's own: PaCo masks the samples of tasks whose mean unweighted loss exceeds
-      `extreme_loss_threshold` and resets their w afterwards; taper adds the triplet loss (Eq. 1).
+      `extreme_loss_threshold` and resets their w afterwards; taper adds the triplet loss (Eq. 1);
+      softmod weighs each task's critic and actor losses by T softmax(-log alpha)_i.
     then: log alpha clamped to [log_alpha_min, log_alpha_max], and the target critics
     moved toward the critics, parameter by parameter: target <- (1 - tau) target + tau online.
 
@@ -18,7 +20,7 @@ The target critics are a Polyak copy of the critics' own parameters; PaCo's task
 are shared with them live (as in PaCo's code, where the target critics are built around the
 same task-encoding network).
 
-Randomness (policy noise, PaCo resets, triplet draws) comes from one torch generator on the
+Randomness (policy noise, PaCo resets, triplet draws, PCGrad's orders) comes from one torch generator on the
 device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
 `torch.manual_seed(cfg.seed)` in a forked RNG, so they do not depend on the global state.
 """
@@ -132,17 +134,20 @@ class Losses(NamedTuple):
 
     total: the scalar of the one backward; metrics: metric name -> 0-d tensor (loss/critic,
     loss/actor, loss/alpha, stats/*, and the method's own); td_error: (K,) Eq. 2 in the staged
-    row order; extreme: (T,) bool, the tasks PaCo masks and resets, None for mtsac.
+    row order; extreme: (T,) bool, the tasks PaCo masks and resets, None for mtsac;
+    per_sample: "critic", "actor", "alpha" -> (K,) per-sample losses (masked and task-weighted
+    as in `total`), for the method's `backward` (PCGrad's per-task gradients).
     """
 
     total: Tensor
     metrics: dict[str, Tensor]
     td_error: Tensor
     extreme: Tensor | None
+    per_sample: dict[str, Tensor]
 
 
 class Agent:
-    """SAC learner for `cfg.method` (mtsac, paco, taper); see the module docstring for the update.
+    """SAC learner for `cfg.method` (`taper.methods.METHODS`); see the module docstring for the update.
 
     grouped: compositional layers take the grouped path wherever it pays (`prefers_grouped`:
     update batches, not one observation per task), ungrouped rows sorted by task on the host
@@ -184,6 +189,7 @@ class Agent:
                   "alpha": ([self.log_alpha], cfg.alpha_lr),
                   **self.method.optimizer_groups(cfg)}
         self.optimizers = {name: _adam(params, lr) for name, (params, lr) in groups.items()}
+        self._parameters = {name: params for name, (params, _) in groups.items()}
         self._target_pairs = list(zip(self.critic_target.parameters(),
                                       self.critic.parameters()))
 
@@ -268,7 +274,7 @@ class Agent:
         """
         staged, groups, order = self._stage(batch)
         losses = self._losses(staged, groups)
-        self._step(losses)
+        self._step(losses, groups)
         return self._to_host(losses, order)
 
     def _losses(self, staged: tuple[Tensor, ...], groups: TaskGroups) -> Losses:
@@ -306,6 +312,10 @@ class Agent:
         if extreme is not None:                                        # PaCo: mask those tasks
             keep = groups.one_hot @ (~extreme).to(critic.dtype)
             critic, actor, temperature = critic * keep, actor * keep, temperature * keep
+        reweight = method.task_loss_weights(self.log_alpha.detach())
+        if reweight is not None:                                       # Soft-Mod: by alpha
+            scale = groups.one_hot @ reweight
+            critic, actor = critic * scale, actor * scale
         metrics = {"loss/critic": critic.mean(), "loss/actor": actor.mean(),
                    "loss/alpha": temperature.mean(), "stats/q": q.detach().mean(),
                    "stats/entropy": actor_info["entropy"].mean(),
@@ -315,13 +325,16 @@ class Agent:
         if auxiliary is not None:
             total = total + auxiliary[0]
             metrics.update(auxiliary[1])
-        return Losses(total, metrics, critic_info["td_error"], extreme)
+        per_sample = {"critic": critic, "actor": actor, "alpha": temperature}
+        return Losses(total, metrics, critic_info["td_error"], extreme, per_sample)
 
-    def _step(self, losses: Losses) -> None:
-        """One backward, every optimizer steps; then the clamp, the targets and PaCo's resets."""
+    def _step(self, losses: Losses, groups: TaskGroups) -> None:
+        """The method's backward (one backward of the total, or PCGrad's surgery), every
+        optimizer steps; then the clamp, the targets and PaCo's resets."""
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
+        self.method.backward(losses.total, losses.per_sample, groups, self._parameters,
+                             self.generator)
         for optimizer in self.optimizers.values():
             optimizer.step()
         cfg = self.cfg

@@ -5,6 +5,9 @@ losses there are):
 - `MTSAC` ("mtsac"): the state and the task one-hot into plain MLPs.
 - `PaCo` ("paco", Sun et al. 2022): compositional layers, the task only through w.
 - `SharedUnique` ("taper", the paper): PaCo on [s, u], u = f(s) trained by the triplet loss.
+- `Single` ("single"): one independent network per task, nothing shared.
+- `PCGrad` ("pcgrad", Yu et al. 2020): MT-SAC's network, per-task gradients projected.
+- `SoftModularization` ("softmod", Yang et al. 2020): a routing network over modules.
 """
 
 from __future__ import annotations
@@ -13,11 +16,17 @@ from taper.config import Config
 from taper.methods.base import Method
 from taper.methods.mtsac import MTSAC
 from taper.methods.paco import PaCo, convex_reset
+from taper.methods.pcgrad import PCGrad, project_conflicting
 from taper.methods.shared_unique import SharedUnique, triplet_loss, triplet_rows
+from taper.methods.single import Single
+from taper.methods.softmod import SoftModularization
 
-METHODS: dict[str, type[Method]] = {"mtsac": MTSAC, "paco": PaCo, "taper": SharedUnique}
+METHODS: dict[str, type[Method]] = {"mtsac": MTSAC, "paco": PaCo, "taper": SharedUnique,
+                                    "single": Single, "pcgrad": PCGrad,
+                                    "softmod": SoftModularization}
 
-__all__ = ["METHODS", "MTSAC", "Method", "PaCo", "SharedUnique", "convex_reset", "make_method",
+__all__ = ["METHODS", "MTSAC", "Method", "PCGrad", "PaCo", "SharedUnique", "Single",
+           "SoftModularization", "convex_reset", "make_method", "project_conflicting",
            "triplet_loss", "triplet_rows"]
 
 

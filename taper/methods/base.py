@@ -52,3 +52,19 @@ class Method(nn.Module):
                        generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]] | None:
         """An extra loss of the method's own parameters, or None."""
         return None
+
+    def task_loss_weights(self, log_alpha: Tensor) -> Tensor | None:
+        """(T,) weights of each task's critic and actor losses, from the detached per-task
+        log alpha (T,); None: every task weighs 1."""
+        return None
+
+    def backward(self, total: Tensor, per_sample: dict[str, Tensor], groups: TaskGroups,
+                 parameters: dict[str, list[nn.Parameter]], generator: torch.Generator) -> None:
+        """Fill `.grad` of every parameter for this update (gradient surgery goes here).
+
+        total: the update's scalar loss, the sum of the means of `per_sample` ("critic",
+        "actor", "alpha": (K,) per-sample losses) and of the method's auxiliary loss;
+        parameters: the optimizer groups by name ("actor", "critic", "alpha", the method's own).
+        Default: one backward of `total`.
+        """
+        total.backward()
