@@ -171,9 +171,11 @@ class TaskLinear(CompositionalLinear):
         bound = in_dim ** -0.5
         self.weight = nn.Parameter(
             torch.empty(num_tasks, ensemble, in_dim, out_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(num_tasks, ensemble, 1, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(
+            torch.empty(num_tasks, ensemble, 1, out_dim).uniform_(-bound, bound))
 
-    def params(self, task_weights: Tensor | None, groups: TaskGroups) -> tuple[Tensor, Tensor] | None:
+    def params(self, task_weights: Tensor | None,
+               groups: TaskGroups) -> tuple[Tensor, Tensor] | None:
         """Grouped path: the maps of the tasks present, (T', E, in, out), (T', E, 1, out)."""
         if groups.sizes is None:
             return None
