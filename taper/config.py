@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("mtsac", "paco", "taper")
+METHODS = ("mtsac", "paco", "taper", "care")
 SAMPLERS = ("uniform", "average", "per", "ta-per")
 DEVICES = ("auto", "cpu", "cuda")
 REWARD_VERSIONS = ("v1", "v2")
@@ -72,10 +72,11 @@ class Config:
     suite: str = "mt10-rand"
     """Task suite: mt10-rand, mt50-rand, mt10, mt50, mt1:<task>, gym:<EnvId>."""
     method: str = "taper"
-    """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique features)."""
+    """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique
+    features), care (mixture of state encoders attended by a task-description context)."""
     sampler: str | None = None
     """Replay sampler: uniform, average, per, ta-per; None: ta-per for taper, uniform for
-    mtsac and paco (the samplers of their papers)."""
+    the others (the samplers of their papers)."""
     seed: int = 0
     """Seed of numpy, torch and the environments."""
     preset: str = "cpu-hour"
@@ -153,6 +154,17 @@ class Config:
     unique_sac_grad: bool = False
     """Let SAC gradients flow into the unique-feature MLP (ablation)."""
 
+    num_encoders: int = 4
+    """CARE: state encoders mixed by the task's attention weights (mtrl: 4)."""
+    encoder_dim: int = 50
+    """CARE: output width of each state encoder (mtrl: 50)."""
+    encoder_hidden_sizes: tuple[int, ...] = (50,)
+    """CARE: hidden widths of each state encoder (mtrl: one layer of 50)."""
+    context_dim: int = 50
+    """CARE: width of the context z computed from the task's description embedding (mtrl: 50)."""
+    context_hidden_sizes: tuple[int, ...] = (100, 50, 50)
+    """CARE: hidden widths of the context MLP, embedding -> z (mtrl: 100, 50, 50)."""
+
     overlap_envs: bool = True
     """Step the training envs in a worker process while the learner updates: the actions of
     step t+1 come from the policy before update t (a one-update lag). False: the strictly
@@ -170,14 +182,19 @@ class Config:
         _check_choice("preset", self.preset, tuple(PRESETS))
         _check_choice("reward_version", self.reward_version, REWARD_VERSIONS)
         _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
+        if self.method == "care" and self.suite.startswith("gym:"):
+            raise ValueError(f"method='care' needs written task descriptions and "
+                             f"suite={self.suite!r} has none; use a metaworld suite")
         for name in ("steps_per_env", "batch_size", "buffer_size", "gradient_steps",
                      "eval_every", "eval_episodes", "episode_length", "log_every",
-                     "num_param_sets", "unique_dim"):
+                     "num_param_sets", "unique_dim", "num_encoders", "encoder_dim",
+                     "context_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.learning_starts < 0:
             raise ValueError(f"learning_starts={self.learning_starts!r} must be >= 0")
-        for name in ("hidden_sizes", "unique_hidden_sizes"):
+        for name in ("hidden_sizes", "unique_hidden_sizes", "encoder_hidden_sizes",
+                     "context_hidden_sizes"):
             widths = getattr(self, name)
             if not widths or min(widths) <= 0:
                 raise ValueError(f"{name}={widths!r} must be positive widths")
@@ -231,7 +248,8 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         values = json.loads(text)
-        for name in ("hidden_sizes", "unique_hidden_sizes"):
+        for name in ("hidden_sizes", "unique_hidden_sizes", "encoder_hidden_sizes",
+                     "context_hidden_sizes"):
             values[name] = tuple(values[name])
         return cls(**values)
 
