@@ -1,13 +1,14 @@
-"""Milliseconds per `Agent.update` of mtsac / paco / taper; grouped vs general compositional path.
+"""Milliseconds per `Agent.update` of every method; grouped vs general compositional path.
 
     python benchmarks/bench_update.py                       # every preset's sizes, CPU
-    python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper
+    python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper care
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
 
 Rows, per size:
 - update/<method>: one `Agent.update` on a batch grouped by task (average sampler: K/N rows per
   task, contiguous), compositional layers on the grouped path (the default);
-- update/<method>/general: the same batch, compositional layers on the general path;
+- update/<method>/general: the same batch, compositional layers on the general path (this row
+  and the next three only for methods with compositional layers: paco, taper);
 - update/<method>/uniform: an ungrouped batch (uniform sampler, random task order), sorted by
   task on the host and run on the grouped path;
 - update/<method>/uniform-general: the ungrouped batch on the general path, no sort;
@@ -33,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taper.config import PRESETS, Config  # noqa: E402
+from taper.config import METHODS, PRESETS, Config  # noqa: E402
 from taper.networks import CompositionalLinear, task_groups  # noqa: E402
 from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
+from taper.task_descriptions import DESCRIPTIONS  # noqa: E402
 
 SIZES = {name: {key: preset[key] for key in ("hidden_sizes", "batch_size")}
          for name, preset in PRESETS.items()}
@@ -98,15 +100,16 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     uniform = make_batch(rng, uniform_ids, args.obs_dim, args.act_dim)
     vector_obs = rng.normal(size=(n, args.obs_dim)).astype(np.float32)
     vector_ids = np.arange(n)
+    task_names = tuple(DESCRIPTIONS)[:n]                    # care: any n described tasks
 
     cases = {}
     for method in args.methods:
         cfg = Config(method=method, seed=args.seed, hidden_sizes=spec["hidden_sizes"],
                      batch_size=k, num_param_sets=args.num_param_sets)
-        agent = Agent(cfg, args.obs_dim, args.act_dim, n, device)
+        agent = Agent(cfg, args.obs_dim, args.act_dim, n, device, task_names=task_names)
         cases[f"update/{method}"] = lambda a=agent: a.update(grouped)
         cases[f"act/{method}"] = lambda a=agent: a.act(vector_obs, vector_ids, False)
-        if method != "mtsac":
+        if agent.method.task_weights() is not None:                # compositional layers
             general = Agent(cfg, args.obs_dim, args.act_dim, n, device, grouped=False)
             cases[f"update/{method}/general"] = lambda a=general: a.update(grouped)
             cases[f"update/{method}/uniform"] = lambda a=agent: a.update(uniform)
@@ -150,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES),
                         help="presets and/or WxW..:K sizes, e.g. cpu-hour 256x256x256:256")
-    parser.add_argument("--methods", nargs="+", default=["mtsac", "paco", "taper"],
-                        choices=["mtsac", "paco", "taper"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num-tasks", type=int, default=10)
     parser.add_argument("--obs-dim", type=int, default=39)
