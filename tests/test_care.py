@@ -18,7 +18,7 @@ from taper.methods import CARE
 from taper.networks import task_groups
 from taper.replay import Batch
 from taper.sac import Agent
-from taper.train import CHECKPOINT, train
+from taper.train import CHECKPOINT, evaluate_run, train
 from taper.task_descriptions import DESCRIPTIONS, EMBEDDINGS, task_embeddings
 
 OBS, ACT = 5, 2
@@ -194,3 +194,17 @@ def test_mt10_rand_runs_with_every_sampler(tmp_path, sampler):
     state = torch.load(run_dir / CHECKPOINT, weights_only=False)["agent"]["method"]
     np.testing.assert_array_equal(state["embeddings"].numpy(),
                                   task_embeddings(tuple(env_dict.MT10_V3)))
+
+
+@pytest.mark.slow
+def test_a_care_run_folder_evaluates_from_its_checkpoint(tmp_path):
+    cfg = Config(suite="mt1:reach-v3", method="care", steps_per_env=100, learning_starts=50,
+                 eval_every=100, log_every=50, hidden_sizes=(16,), batch_size=16,
+                 buffer_size=1000, episode_length=25, eval_episodes=2, context_dim=8,
+                 context_hidden_sizes=(16,), out=str(tmp_path / "run"))
+    run_dir = train(cfg)
+    spec, step, result = evaluate_run(run_dir)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    own = [r for r in lines if r["kind"] == "eval" and r["step"] == 100]
+    assert spec.task_names == ("reach-v3",) and step == 100
+    assert result["return"].tolist() == pytest.approx([r["return"] for r in own])
