@@ -99,7 +99,7 @@ class Config:
     hidden_sizes: tuple[int, ...] = (128, 128, 128)
     """Hidden layer widths of actor and critics."""
     lr: float = 3e-4
-    """Adam learning rate of actor, critics and PaCo's task weights."""
+    """Adam learning rate of actor, critics, PaCo's task weights and CARE's context and encoders."""
     alpha_lr: float = 3e-4
     """Adam learning rate of the per-task log temperature."""
     gamma: float = 0.99

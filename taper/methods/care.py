@@ -4,10 +4,10 @@ from a language model's embedding of a written description of the task.
 
 Wiring, per state s of task i with frozen description embedding e_i (`task_descriptions`):
 
-    z_i    = g(e_i)                          g: MLP  D -> context_hidden_sizes -> context_dim
-    alpha_i = softmax(W z_i + b)             (num_encoders,) attention over the encoders
-    h      = sum_k alpha_ik f_k(s)           f_k: MLP  obs_dim -> encoder_hidden_sizes -> encoder_dim
-    actor    pi(. | [h, z_i]),  critics Q_j([h, z_i], a)   plain MLPs (`Linear` layers)
+    z_i     = g(e_i)                  g: MLP  D -> context_hidden_sizes -> context_dim
+    alpha_i = softmax(W z_i + b)      (num_encoders,) attention over the encoders
+    h       = sum_k alpha_ik f_k(s)   f_k: MLP  obs_dim -> encoder_hidden_sizes -> encoder_dim
+    actor   pi(. | [h, z_i]),  critics Q_j([h, z_i], a)      plain MLPs (`Linear` layers)
 
 e is a buffer (never trained, saved in checkpoints). g, W and the encoders f_k are trained by
 the critic loss only: the actor sees the features detached (`actor_input`), as mtrl detaches
