@@ -1,7 +1,7 @@
 """Milliseconds per `Agent.update` of every method; grouped vs general path of per-task layers.
 
     python benchmarks/bench_update.py                       # every preset's sizes, CPU
-    python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper
+    python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper care
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
 
 Rows, per size:
@@ -39,6 +39,7 @@ from taper.config import METHODS, PRESETS, Config  # noqa: E402
 from taper.networks import CompositionalLinear, task_groups  # noqa: E402
 from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
+from taper.task_descriptions import DESCRIPTIONS  # noqa: E402
 
 SIZES = {name: {key: preset[key] for key in ("hidden_sizes", "batch_size")}
          for name, preset in PRESETS.items()}
@@ -100,12 +101,13 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     uniform = make_batch(rng, uniform_ids, args.obs_dim, args.act_dim)
     vector_obs = rng.normal(size=(n, args.obs_dim)).astype(np.float32)
     vector_ids = np.arange(n)
+    task_names = tuple(DESCRIPTIONS)[:n]                    # care: any n described tasks
 
     cases = {}
     for method in args.methods:
         cfg = Config(method=method, seed=args.seed, hidden_sizes=spec["hidden_sizes"],
                      batch_size=k, num_param_sets=args.num_param_sets)
-        agent = Agent(cfg, args.obs_dim, args.act_dim, n, device)
+        agent = Agent(cfg, args.obs_dim, args.act_dim, n, device, task_names=task_names)
         cases[f"update/{method}"] = lambda a=agent: a.update(grouped)
         cases[f"act/{method}"] = lambda a=agent: a.act(vector_obs, vector_ids, False)
         if agent.method.prefers_grouped(k, n):

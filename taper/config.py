@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("mtsac", "paco", "taper", "single", "pcgrad", "softmod")
+METHODS = ("mtsac", "paco", "taper", "single", "pcgrad", "softmod", "care")
 SAMPLERS = ("uniform", "average", "per", "ta-per")
 DEVICES = ("auto", "cpu", "cuda")
 REWARD_VERSIONS = ("v1", "v2")
@@ -74,7 +74,8 @@ class Config:
     method: str = "taper"
     """Network: mtsac (MLP on state + one-hot), paco (compositional), taper (paco + unique
     features), single (one independent network per task), pcgrad (mtsac + gradient surgery),
-    softmod (soft modularization)."""
+    softmod (soft modularization), care (state encoders mixed by attention from a
+    task-description context)."""
     sampler: str | None = None
     """Replay sampler: uniform, average, per, ta-per; None: ta-per for taper, uniform for the
     others (the samplers of their papers)."""
@@ -100,7 +101,7 @@ class Config:
     hidden_sizes: tuple[int, ...] = (128, 128, 128)
     """Hidden layer widths of actor and critics."""
     lr: float = 3e-4
-    """Adam learning rate of actor, critics and PaCo's task weights."""
+    """Adam learning rate of actor, critics, PaCo's task weights and CARE's context and encoders."""
     alpha_lr: float = 3e-4
     """Adam learning rate of the per-task log temperature."""
     gamma: float = 0.99
@@ -163,6 +164,17 @@ class Config:
     routing_layers: int = 2
     """Soft Modularization: linear layers of the routing trunk on z * f (original code: 2)."""
 
+    num_encoders: int = 4
+    """CARE: state encoders mixed by the task's attention weights (mtrl: 4)."""
+    encoder_dim: int = 50
+    """CARE: output width of each state encoder (mtrl: 50)."""
+    encoder_hidden_sizes: tuple[int, ...] = (50,)
+    """CARE: hidden widths of each state encoder (mtrl: one layer of 50)."""
+    context_dim: int = 50
+    """CARE: width of the context z computed from the task's description embedding (mtrl: 50)."""
+    context_hidden_sizes: tuple[int, ...] = (100, 50, 50)
+    """CARE: hidden widths of the context MLP, embedding -> z (mtrl: 100, 50, 50)."""
+
     overlap_envs: bool = True
     """Step the training envs in a worker process while the learner updates: the actions of
     step t+1 come from the policy before update t (a one-update lag). False: the strictly
@@ -180,16 +192,20 @@ class Config:
         _check_choice("preset", self.preset, tuple(PRESETS))
         _check_choice("reward_version", self.reward_version, REWARD_VERSIONS)
         _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
+        if self.method == "care" and self.suite.startswith("gym:"):
+            raise ValueError(f"method='care' needs written task descriptions and "
+                             f"suite={self.suite!r} has none; use a metaworld suite")
         for name in ("steps_per_env", "batch_size", "buffer_size", "gradient_steps",
                      "eval_every", "eval_episodes", "episode_length", "log_every",
                      "num_param_sets", "unique_dim", "num_modules", "module_layers",
-                     "module_width"):
+                     "module_width", "num_encoders", "encoder_dim", "context_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         for name in ("learning_starts", "routing_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
-        for name in ("hidden_sizes", "unique_hidden_sizes"):
+        for name in ("hidden_sizes", "unique_hidden_sizes", "encoder_hidden_sizes",
+                     "context_hidden_sizes"):
             widths = getattr(self, name)
             if not widths or min(widths) <= 0:
                 raise ValueError(f"{name}={widths!r} must be positive widths")
@@ -243,7 +259,8 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         values = json.loads(text)
-        for name in ("hidden_sizes", "unique_hidden_sizes"):
+        for name in ("hidden_sizes", "unique_hidden_sizes", "encoder_hidden_sizes",
+                     "context_hidden_sizes"):
             values[name] = tuple(values[name])
         return cls(**values)
 

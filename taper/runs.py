@@ -14,6 +14,7 @@ from pathlib import Path
 from taper import suites
 from taper.config import Config
 from taper.sac import resolve_device
+from taper.task_descriptions import task_embeddings
 
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
@@ -24,7 +25,8 @@ def check(cfg: Config, resume: str | Path | None = None) -> suites.SuiteSpec:
     """ValueError naming the bad value for anything a run would trip over; nothing is written.
 
     Checks the suite, the quota bounds (Eq. 5) against K and N, the per-task capacity, the
-    device, and that a new run's folder is free / a resumed run's folder matches `cfg`.
+    device, that care has a description of every task, and that a new run's folder is free /
+    a resumed run's folder matches `cfg`.
     """
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
     cfg.quota_bounds(spec.num_tasks)
@@ -32,6 +34,8 @@ def check(cfg: Config, resume: str | Path | None = None) -> suites.SuiteSpec:
         raise ValueError(f"buffer_size={cfg.buffer_size} leaves no room per task: need at least "
                          f"one transition for each of {spec.num_tasks} tasks")
     resolve_device(cfg.device)
+    if cfg.method == "care":
+        task_embeddings(spec.task_names)
     if resume is None:
         if cfg.out is not None and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
             raise ValueError(f"out={cfg.out!r} is not empty; continue it with resume "

@@ -13,6 +13,7 @@ one device-to-host transfer of metrics and td errors together (`Agent._to_host`)
     + the method's own: PaCo masks the samples of tasks whose mean unweighted loss exceeds
       `extreme_loss_threshold` and resets their w afterwards; taper adds the triplet loss (Eq. 1);
       softmod weighs each task's critic and actor losses by T softmax(-log alpha)_i.
+      care's actor sees its features detached (`Method.actor_input`).
     then: log alpha clamped to [log_alpha_min, log_alpha_max], and the target critics
     moved toward the critics, parameter by parameter: target <- (1 - tau) target + tau online.
 
@@ -20,8 +21,8 @@ The target critics are a Polyak copy of the critics' own parameters; PaCo's task
 are shared with them live (as in PaCo's code, where the target critics are built around the
 same task-encoding network).
 
-Randomness (policy noise, PaCo resets, triplet draws, PCGrad's orders) comes from one torch generator on the
-device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
+Randomness (policy noise, PaCo resets, triplet draws, PCGrad's orders) comes from one torch
+generator on the device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
 `torch.manual_seed(cfg.seed)` in a forked RNG, so they do not depend on the global state.
 """
 
@@ -147,17 +148,20 @@ class Losses(NamedTuple):
 
 
 class Agent:
-    """SAC learner for `cfg.method` (`taper.methods.METHODS`); see the module docstring for the update.
+    """SAC learner for `cfg.method` (`taper.methods.METHODS`); see the module docstring for the
+    update.
 
     grouped: compositional layers take the grouped path wherever it pays (`prefers_grouped`:
     update batches, not one observation per task), ungrouped rows sorted by task on the host
     first and results returned in the original order; False: always the general path on the
     rows as given. Both give the same numbers (tests/test_sac.py); the README's "Update cost
     per method" gives the speed of each (measured by benchmarks/bench_update.py).
+    task_names: the suite's task names in task-id order, for methods that need them (care).
     """
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, num_tasks: int,
-                 device: torch.device | str, *, grouped: bool = True) -> None:
+                 device: torch.device | str, *, grouped: bool = True,
+                 task_names: tuple[str, ...] | None = None) -> None:
         for name, value in (("obs_dim", obs_dim), ("act_dim", act_dim), ("num_tasks", num_tasks)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -173,7 +177,7 @@ class Agent:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.method = make_method(cfg, obs_dim, num_tasks)
+            self.method = make_method(cfg, obs_dim, num_tasks, task_names)
             self.actor = self.method.body(self.method.feature_dim, 2 * act_dim, ensemble=1)
             self.critic = self.method.body(self.method.feature_dim + act_dim, 1, ensemble=2)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -300,7 +304,7 @@ class Agent:
                         critic_params).squeeze(-1)
         critic, critic_info = critic_loss(q, target, weights)
         actions_pi, log_pi = squashed_gaussian(
-            self.actor(features, w, groups, actor_params)[0], gen)
+            self.actor(method.actor_input(features), w, groups, actor_params)[0], gen)
         with frozen(self.critic):
             q_pi = self.critic(torch.cat([features.detach(), actions_pi], dim=-1),
                                None if w is None else w.detach(), groups,

@@ -61,7 +61,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     _configure_torch(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, device)
+    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, device,
+                  task_names=spec.task_names)
     buf = make_buffer(cfg, spec)
     state = LoopState(rng=np.random.default_rng(cfg.seed))
     if resume is not None:
@@ -294,7 +295,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     cfg = Config.load(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
     agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks,
-                  resolve_device(device or cfg.device))
+                  resolve_device(device or cfg.device), task_names=spec.task_names)
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
     with contextlib.closing(_make_envs(cfg)) as envs:

@@ -44,6 +44,7 @@ def captured(monkeypatch):
     (["--unique-hidden-sizes", "0"], "unique_hidden_sizes=(0,)"),
     (["--gamma", "1"], "gamma=1.0"),
     (["--priority-scale", "value"], "value"),
+    (["--method", "care", "--suite", "gym:Pendulum-v1"], "gym:Pendulum-v1"),
 ])
 def test_bad_values_exit_2_name_the_value_and_write_nothing(tmp_path, monkeypatch, args, named):
     monkeypatch.chdir(tmp_path)
@@ -151,7 +152,9 @@ def test_every_config_field_is_a_train_option(tmp_path, captured):
     args = ["train", *TINY, "--lr", "1e-3", "--alpha-lr", "2e-3", "--gamma", "0.9", "--tau",
             "0.01", "--init-temperature", "0.5", "--log-alpha-min", "-7", "--log-alpha-max",
             "1", "--reward-version", "v1", "--per-eps", "1e-4", "--unique-hidden-sizes", "8,8",
-            "--unique-lr", "5e-4", "--priority-scale", "task", "--out", str(tmp_path / "r")]
+            "--unique-lr", "5e-4", "--priority-scale", "task", "--num-encoders", "6",
+            "--encoder-dim", "8", "--encoder-hidden-sizes", "16,16", "--context-dim", "12",
+            "--context-hidden-sizes", "32", "--out", str(tmp_path / "r")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
@@ -160,3 +163,5 @@ def test_every_config_field_is_a_train_option(tmp_path, captured):
     assert (cfg.log_alpha_min, cfg.log_alpha_max, cfg.reward_version, cfg.per_eps) == (
         -7, 1, "v1", 1e-4)
     assert (cfg.unique_hidden_sizes, cfg.unique_lr, cfg.priority_scale) == ((8, 8), 5e-4, "task")
+    assert (cfg.num_encoders, cfg.encoder_dim, cfg.encoder_hidden_sizes) == (6, 8, (16, 16))
+    assert (cfg.context_dim, cfg.context_hidden_sizes) == (12, (32,))

@@ -15,6 +15,8 @@ class Method(nn.Module):
 
     feature_dim: int
     """Width of `features(obs, groups)[0]`, the actor's input (critics add the action)."""
+    needs_task_names: bool = False
+    """Whether the constructor takes the suite's task names (`task_names=`, CARE)."""
 
     def __init__(self, cfg: Config, obs_dim: int, num_tasks: int) -> None:
         super().__init__()
@@ -24,6 +26,11 @@ class Method(nn.Module):
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
         """(network input (B, feature_dim), unique features for `auxiliary_loss` or None)."""
         raise NotImplementedError
+
+    def actor_input(self, features: Tensor) -> Tensor:
+        """The actor's view of `features` in the update; detached where only the critic loss
+        may train what made them (CARE)."""
+        return features
 
     def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
         """A fresh actor (ensemble=1) or twin-critic (ensemble=2) body."""
