@@ -22,8 +22,9 @@ are shared with them live (as in PaCo's code, where the target critics are built
 same task-encoding network).
 
 Randomness (policy noise, PaCo resets, triplet draws, PCGrad's orders) comes from one torch
-generator on the device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are drawn under
-`torch.manual_seed(cfg.seed)` in a forked RNG, so they do not depend on the global state.
+generator on the device, seeded with `cfg.seed` and saved in `state_dict`; initial weights are
+drawn under `torch.manual_seed(cfg.seed)` in a forked RNG, so they do not depend on the global
+state.
 """
 
 from __future__ import annotations
