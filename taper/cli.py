@@ -169,7 +169,8 @@ def train_command(resume, **options) -> None:
               help=f"Comma-separated, from {', '.join(METHODS)}.")
 @click.option("--samplers", help=f"Comma-separated, from {', '.join(SAMPLERS)}.  "
               "[default: each method's own]")
-@click.option("--seeds", default="0", show_default=True, help="A range, a list or one: 0-9, 0,2,5, 3.")
+@click.option("--seeds", default="0", show_default=True,
+              help="A range, a list or one: 0-9, 0,2,5, 3.")
 @click.option("--out", "sweep_dir", required=True, type=click.Path(file_okay=False),
               help="SWEEP_DIR: a run folder per (method, sampler, seed), and sweep.json.")
 @click.option("--backend", type=click.Choice(("local", "ray")), default="local",
@@ -206,7 +207,8 @@ def sweep_command(methods, samplers, seeds, sweep_dir, backend, jobs, cpus_per_r
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     todo = [name for name in plan.configs if not plan.finished(name)]
-    click.echo(f"taper sweep: {len(plan.configs)} runs of {next(iter(plan.configs.values())).suite} "
+    suite = next(iter(plan.configs.values())).suite
+    click.echo(f"taper sweep: {len(plan.configs)} runs of {suite} "
                f"(preset {preset}) in {plan.sweep_dir}, backend {backend}; "
                f"{len(plan.configs) - len(todo)} finished, {len(todo)} to run")
     if backend == "local":

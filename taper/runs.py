@@ -120,9 +120,10 @@ def write_provenance(run_dir: str | Path, event: str, device: str,
     """Append an entry to the run folder's provenance.json and return it.
 
     `event` is "start" or "resume"; `device` the device the run computes on ("cpu", "cuda");
-    `command` the command line, recorded as one shell-quoted string (None: `sys.argv`). The entry holds the versions
-    of `PACKAGES`, the git commit of the taper checkout (None when not run from one), python,
-    the device described (GPU name or CPU count), host, process id and time.
+    `command` the command line, recorded as one shell-quoted string (None: `sys.argv`). The
+    entry holds the versions of `PACKAGES`, the git commit of the taper checkout (None when not
+    run from one), python, the device described (GPU name or CPU count), host, process id and
+    the time.
     """
     path = Path(run_dir) / PROVENANCE
     entries = read_provenance(run_dir)

@@ -12,14 +12,17 @@ imported only by the Ray backend.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,8 +101,10 @@ class Sweep:
             if name in configs:
                 raise ValueError(f"samplers={samplers!r} gives run {name} twice")
             configs[name] = dataclasses.replace(cfg, out=str(sweep_dir / name))
+        settings = (dataclasses.replace(cfg, out=None, seed=0) for cfg in configs.values())
+        for cfg in dict.fromkeys(settings):         # once per setting: seeds check alike
+            runs.check(cfg)
         for cfg in configs.values():
-            runs.check(dataclasses.replace(cfg, out=None))
             _check_run_folder(cfg)
         grid = {"methods": list(methods), "samplers": None if samplers is None else list(samplers),
                 "seeds": list(seeds)}
@@ -166,8 +171,8 @@ def run_local(sweep: Sweep, jobs: int = 1, cpus_per_run: int | None = None,
               echo: Callable[[str], None] = print, poll: float = 0.5) -> dict[str, str]:
     """Run the unfinished runs of `sweep` as `taper train` subprocesses, `jobs` at a time, each
     with `cpus_per_run` torch threads (None: the CPUs shared out over the jobs); the final state
-    of each run. Output goes to SWEEP_DIR/logs/<run>.log. On an interrupt (or any error here)
-    the running runs are sent SIGTERM, so they checkpoint before they stop."""
+    of each run. Output goes to SWEEP_DIR/logs/<run>.log. On Ctrl-C or SIGTERM (or any error
+    here) the running runs are sent SIGTERM, so they checkpoint before they stop."""
     states = {name: "done" if sweep.finished(name) else "pending" for name in sweep.configs}
     queue = [name for name, state in states.items() if state == "pending"]
     threads = cpus_per_run or max(1, suites.available_cpus() // jobs)
@@ -175,17 +180,8 @@ def run_local(sweep: Sweep, jobs: int = 1, cpus_per_run: int | None = None,
     sweep.write(states, "local")
     (sweep.sweep_dir / LOGS).mkdir(exist_ok=True)
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                name = queue.pop(0)
-                running[name] = _spawn(sweep.configs[name], sweep.sweep_dir / LOGS, threads)
-                _change(sweep, states, name, "running", "local", echo)
-            time.sleep(poll)
-            for name, process in list(running.items()):
-                if process.poll() is not None:
-                    del running[name]
-                    done = process.returncode == 0 and sweep.finished(name)
-                    _change(sweep, states, name, "done" if done else "failed", "local", echo)
+        with _terminate_as_interrupt():
+            _run_queue(sweep, states, queue, running, jobs, threads, echo, poll)
     finally:
         for process in running.values():
             process.terminate()
@@ -194,6 +190,37 @@ def run_local(sweep: Sweep, jobs: int = 1, cpus_per_run: int | None = None,
             states[name] = "pending"
         sweep.write(states, "local")
     return states
+
+
+def _run_queue(sweep, states, queue, running, jobs, threads, echo, poll) -> None:
+    """Start runs from `queue` while fewer than `jobs` are `running`, until all have ended."""
+    while queue or running:
+        while queue and len(running) < jobs:
+            name = queue.pop(0)
+            running[name] = _spawn(sweep.configs[name], sweep.sweep_dir / LOGS, threads)
+            _change(sweep, states, name, "running", "local", echo)
+        time.sleep(poll)
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                del running[name]
+                done = process.returncode == 0 and sweep.finished(name)
+                _change(sweep, states, name, "done" if done else "failed", "local", echo)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt here (in the main thread), so it stops the runs too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _spawn(cfg: Config, logs: Path, threads: int) -> subprocess.Popen:

@@ -4,7 +4,6 @@ killed runs, provenance.json, and which settings keep runs poolable."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import signal
@@ -158,7 +157,7 @@ def _evals(run_dir: Path) -> list[dict]:
     return [r for r in rows(run_dir) if r["kind"] in ("eval", "eval_mean")]
 
 
-def _kill_after_first_checkpoint(run_dir: Path, timeout: float = 300.0) -> int:
+def _kill_after_first_checkpoint(run_dir: Path, timeout: float = 900.0) -> int:
     """SIGKILL the process training `run_dir` once its first checkpoint is written."""
     deadline = time.monotonic() + timeout
     while not (run_dir / CHECKPOINT).exists():
@@ -178,10 +177,15 @@ def test_local_sweep_continues_a_killed_run_to_the_uninterrupted_result(tmp_path
     command = cli("sweep", "--out", str(sweep_dir), "--methods", "mtsac,taper", "--seeds",
                   "0-1", "--jobs", "2", *TINY_ARGS)
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(command, env=env(), stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     victim = sweep_dir / "mtsac_uniform_s1"
-    _kill_after_first_checkpoint(victim)
-    assert first.wait() == 1
+    try:
+        _kill_after_first_checkpoint(victim)
+        assert first.wait(timeout=900) == 1
+    finally:
+        if first.poll() is None:                    # a failed wait: stop the sweep and its runs
+            os.killpg(first.pid, signal.SIGKILL)
     output = (tmp_path / "first.log").read_text()
     assert "1 of 4 runs did not finish (mtsac_uniform_s1)" in output
     record = sweep.read_sweep(sweep_dir)
