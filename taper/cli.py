@@ -134,14 +134,18 @@ _CONFIG_OPTIONS = (
 )
 
 
-def _config_options(command):
-    for option in reversed(_CONFIG_OPTIONS):
-        command = option(command)
-    return command
+def _config_options(*skip: str):
+    """Every Config field as an option (`_CONFIG_OPTIONS`), but those named in `skip`."""
+    def decorate(command):
+        for option in reversed(_CONFIG_OPTIONS):
+            command = option(command)
+        command.__click_params__ = [p for p in command.__click_params__ if p.name not in skip]
+        return command
+    return decorate
 
 
 @main.command("train")
-@_config_options
+@_config_options()
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
               help="Continue this run folder from its latest checkpoint, with its config.json.")
 def train_command(resume, **options) -> None:
@@ -176,6 +180,68 @@ def train_command(resume, **options) -> None:
     except FloatingPointError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"done: {run_dir}")
+
+
+@main.command("sweep")
+@click.option("--methods", default="taper", show_default=True,
+              help=f"Comma-separated, from {', '.join(METHODS)}.")
+@click.option("--samplers", help=f"Comma-separated, from {', '.join(SAMPLERS)}.  "
+              "[default: each method's own]")
+@click.option("--seeds", default="0", show_default=True,
+              help="A range, a list or one: 0-9, 0,2,5, 3.")
+@click.option("--out", "sweep_dir", required=True, type=click.Path(file_okay=False),
+              help="SWEEP_DIR: a run folder per (method, sampler, seed), and sweep.json.")
+@click.option("--backend", type=click.Choice(("local", "ray")), default="local",
+              show_default=True, help="local: taper train subprocesses; ray: Ray Tune trials.")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Runs at a time.  [default: local 1, ray as its resources allow]")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True),
+              help="ray: CPUs a trial reserves; local: torch threads per run.  "
+                   "[default: ray 1, local the CPUs shared out over the jobs]")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0),
+              help="ray: GPUs a trial reserves, a fraction shares one.  [default: 0]")
+@click.option("--address", help="ray: join this cluster (e.g. auto).  [default: start Ray here]")
+@click.option("--max-failures", type=click.IntRange(min=0),
+              help="ray: retries of a failed trial, each resuming its run.  [default: 3]")
+@_config_options("method", "sampler", "seed", "out")
+def sweep_command(methods, samplers, seeds, sweep_dir, backend, jobs, cpus_per_run,
+                  gpus_per_run, address, max_failures, **options) -> None:
+    """Train every (method, sampler, seed) with the other options in common, each a run folder
+    in SWEEP_DIR; the same command again skips finished runs and resumes the others."""
+    from taper import sweep
+    from taper.sac import resolve_device
+
+    ray_only = {"--gpus-per-run": gpus_per_run, "--address": address,
+                "--max-failures": max_failures}
+    if backend == "local" and any(value is not None for value in ray_only.values()):
+        given = [name for name, value in ray_only.items() if value is not None]
+        raise click.UsageError(f"{', '.join(given)}: only with --backend ray")
+    try:
+        device = "cuda" if gpus_per_run else resolve_device(options["device"] or "auto").type
+        preset = options.pop("preset") or preset_for(device)
+        plan = sweep.Sweep.plan(sweep_dir, sweep.parse_names(methods, METHODS, "methods"),
+                                samplers and sweep.parse_names(samplers, SAMPLERS, "samplers"),
+                                sweep.parse_seeds(seeds), preset, **options)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    todo = [name for name in plan.configs if not plan.finished(name)]
+    suite = next(iter(plan.configs.values())).suite
+    click.echo(f"taper sweep: {len(plan.configs)} runs of {suite} "
+               f"(preset {preset}) in {plan.sweep_dir}, backend {backend}; "
+               f"{len(plan.configs) - len(todo)} finished, {len(todo)} to run")
+    if backend == "local":
+        states = sweep.run_local(plan, jobs or 1, cpus_per_run and max(1, round(cpus_per_run)),
+                                 echo=click.echo)
+    else:
+        states = sweep.run_ray(plan, jobs, address, cpus_per_run or 1.0, gpus_per_run or 0.0,
+                               3 if max_failures is None else max_failures, echo=click.echo)
+    failed = [name for name, state in states.items() if state != "done"]
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(states)} runs did not finish ({', '.join(failed)}); see "
+            f"{plan.sweep_dir / sweep.LOGS} and run the same command again to resume them")
+    click.echo(f"done: {len(states)} runs in {plan.sweep_dir}, states in "
+               f"{plan.sweep_dir / sweep.SWEEP_FILE}")
 
 
 @main.command("eval")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from taper import suites
 from taper.config import Config
 from taper.replay import ReplayBuffer, scale_per_task
-from taper.runs import CHECKPOINT, METRICS, TENSORBOARD, check, run_dir_for
+from taper.runs import CHECKPOINT, METRICS, TENSORBOARD, check, run_dir_for, write_provenance
 from taper.sac import Agent, resolve_device
 
 PHASES = ("env", "act", "replay_add", "replay_sample", "update", "replay_update", "eval",
@@ -43,12 +43,15 @@ TRAIN_STREAM, EVAL_STREAM = 0, 1
 """Seed streams: training-env re-seeds and evaluation-env seeds never coincide."""
 
 
-def train(cfg: Config, resume: str | Path | None = None) -> Path:
+def train(cfg: Config, resume: str | Path | None = None, *,
+          command: list[str] | None = None) -> Path:
     """Run Algorithm 1 for `cfg`, or continue the run folder `resume`; returns the run folder.
 
     Every vector step adds one transition per task; after `learning_starts` vector steps of
     uniform random actions, `gradient_steps` SAC updates per vector step on batches of K drawn
     by `cfg.sampler`, each update's TD errors (Eq. 2) becoming the new priorities (Eq. 3).
+    A start and every resume append an entry to the run folder's provenance.json (versions,
+    git commit, device, `command`; None: this process's command line).
     """
     spec = check(cfg, resume)
     if resume is None:
@@ -60,6 +63,7 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
         run_dir = Path(resume)
     _configure_torch(cfg)
     device = resolve_device(cfg.device)
+    write_provenance(run_dir, "start" if resume is None else "resume", device.type, command)
     torch.manual_seed(cfg.seed)
     agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, device,
                   task_names=spec.task_names)

@@ -1,0 +1,5 @@
+"""`python -m taper`: the `taper` command."""
+
+from taper.cli import main
+
+main()
