@@ -11,6 +11,7 @@ import contextlib
 
 import gymnasium as gym
 import metaworld.evaluation
+import metaworld.policies
 import numpy as np
 import pytest
 import torch
@@ -159,6 +160,37 @@ def test_metaworld_protocol_calls_the_policy_and_scores_each_task(run, monkeypat
     assert set(result["success"]) <= {0.0, 1.0}  # one episode per task
     assert result["mean_success"] == pytest.approx(result["success"].mean())
     assert np.isfinite(result["return"]).all()
+
+
+class Scripted:
+    """Metaworld's scripted experts on some MT10 envs, zero actions on the others."""
+
+    def __init__(self, experts: dict[int, object]) -> None:
+        self.experts, self.resets = experts, []
+
+    def eval_action(self, observations):
+        actions = np.zeros((len(observations), 4))
+        for i, expert in self.experts.items():
+            actions[i] = expert.get_action(observations[i])
+        return actions
+
+    def reset(self, env_mask):
+        self.resets.append(np.array(env_mask))
+
+
+def test_benchmark_evaluation_reports_each_task_in_env_order(mt10_envs):
+    """Experts on drawer-close (env 5) and window-close (env 9): success there, nowhere else,
+    and each of their episodes ends at its first success, well before 500 steps."""
+    agent = Scripted({5: metaworld.policies.SawyerDrawerCloseV3Policy(),
+                      9: metaworld.policies.SawyerWindowCloseV3Policy()})
+    result = suites.benchmark_evaluation(agent, mt10_envs[0], episodes=1)
+
+    assert result["success"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert result["mean_success"] == pytest.approx(0.2)
+    ended = np.array(agent.resets[1:])
+    assert ended[:, 5].any() and ended[:, 9].any()
+    assert np.flatnonzero(ended[:, 5])[0] < 499 and np.flatnonzero(ended[:, 9])[0] < 499
+    assert np.isfinite(result["return"]).all() and result["return"].shape == (10,)
 
 
 def test_eval_prints_metaworld_next_to_taper(run):
