@@ -175,9 +175,9 @@ def eval_command(run_dir, protocol, episodes, device) -> None:
     from taper import policy, train
 
     try:
-        spec, step, result = train.evaluate_run(run_dir, episodes, device)
         if protocol == "metaworld":
             _, benchmark = policy.metaworld_evaluation(run_dir, episodes, device)
+        spec, step, result = train.evaluate_run(run_dir, episodes, device)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     width = max(len(name) for name in (*spec.task_names, "mean"))

@@ -214,6 +214,15 @@ def test_metaworld_protocol_needs_a_metaworld_suite(tmp_path):
         suites.benchmark_envs("mt11", seed=0)
 
 
+def test_metaworld_protocol_on_an_mt1_run(tmp_path):
+    saved_run(tmp_path / "run", "mt1:reach-v3")
+    policy, result = metaworld_evaluation(tmp_path / "run", episodes=2, device="cpu")
+    assert policy.spec.task_names == ("reach-v3",)
+    assert result["success"].shape == (1,) and result["success"][0] in (0.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match=r"use_one_hot=True: metaworld's MT1"):
+        suites.benchmark_envs("mt1:reach-v3", seed=0, use_one_hot=True)
+
+
 @pytest.mark.slow
 def test_mt50_task_mapping(tmp_path):
     """MT50 with the one-hot: env order and one-hot both map onto the suite's tasks (building
