@@ -246,23 +246,42 @@ def sweep_command(methods, samplers, seeds, sweep_dir, backend, jobs, cpus_per_r
 
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--protocol", type=click.Choice(("taper", "metaworld")), default="taper",
+              show_default=True,
+              help="taper: taper's evaluation (the run's episode length, success at any step). "
+                   "metaworld: also metaworld.evaluation.evaluation (500-step episodes ending at "
+                   "the first success), printed next to taper's.")
 @click.option("--episodes", type=click.IntRange(min=1),
               help="Episodes per task.  [default: the run's eval_episodes]")
 @click.option("--device", type=click.Choice(DEVICES), help="[default: the run's device]")
-def eval_command(run_dir, episodes, device) -> None:
+def eval_command(run_dir, protocol, episodes, device) -> None:
     """Evaluate the latest checkpoint of RUN_DIR and print per-task success."""
-    from taper import train
+    from taper import policy, train
 
     try:
+        if protocol == "metaworld":
+            _, benchmark = policy.metaworld_evaluation(run_dir, episodes, device)
         spec, step, result = train.evaluate_run(run_dir, episodes, device)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     width = max(len(name) for name in (*spec.task_names, "mean"))
     click.echo(f"{run_dir} at step {step}:")
-    click.echo(f"{'task':<{width}}  success   return")
-    for name, success, ret in zip(spec.task_names, result["success"], result["return"]):
-        click.echo(f"{name:<{width}}  {success:7.2f}  {ret:8.1f}")
-    click.echo(f"{'mean':<{width}}  {result['mean_success']:7.2f}  {result['mean_return']:8.1f}")
+    if protocol == "taper":
+        click.echo(f"{'task':<{width}}  success   return")
+        for name, success, ret in zip(spec.task_names, result["success"], result["return"]):
+            click.echo(f"{name:<{width}}  {success:7.2f}  {ret:8.1f}")
+        click.echo(f"{'mean':<{width}}  {result['mean_success']:7.2f}  "
+                   f"{result['mean_return']:8.1f}")
+        return
+    click.echo(f"{'task':<{width}}  taper  metaworld   (success)")
+    for name, ours, theirs in zip(spec.task_names, result["success"], benchmark["success"]):
+        click.echo(f"{name:<{width}}  {ours:5.2f}  {theirs:9.2f}")
+    click.echo(f"{'mean':<{width}}  {result['mean_success']:5.2f}  "
+               f"{benchmark['mean_success']:9.2f}")
+    n = episodes or Config.load(run_dir).eval_episodes
+    click.echo(f"taper: {n} episodes per task of {spec.episode_length} steps, success at any "
+               f"step; metaworld: {n} episodes per task of up to 500 steps, each ending at its "
+               "first success")
 
 
 @main.command("report")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import metaworld
+import metaworld.evaluation
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers.vector import RescaleAction
@@ -136,6 +137,73 @@ def make_policy_envs(suite: str, *, seed: int, episode_length: int = 150,
     if np.all(space.low == -1) and np.all(space.high == 1):
         return envs
     return RescaleAction(envs, -1.0, 1.0)
+
+
+def benchmark_envs(suite: str, *, seed: int, use_one_hot: bool = False,
+                   reward_version: str = "v2",
+                   asynchronous: bool | None = None) -> gym.vector.VectorEnv:
+    """Meta-World's own vector env for a metaworld suite, as `benchmark_evaluation` expects it.
+
+    ``gym.make_vec("Meta-World/MT10" | "Meta-World/MT50", seed=seed, use_one_hot=...)`` (one
+    ``Meta-World/MT1`` env for ``mt1:<task>``) with the library's defaults: 500-step episodes,
+    a new goal at every reset drawn from the 50 goals `seed` fixes (the goal set of
+    `make_envs` with the same seed; for ``mt10``/``mt50`` too, whose training kept one of
+    them), no reseeding on reset. `use_one_hot` appends the task one-hot to the observations.
+    """
+    if suite.startswith("gym:"):
+        raise ValueError(f"suite={suite!r} is not a metaworld suite; Meta-World's evaluation "
+                         f"needs one of {', '.join(_MT_SUITES)}, mt1:<task>")
+    names = _metaworld_task_names(suite)
+    if reward_version not in REWARD_VERSIONS:
+        raise ValueError(f"reward_version={reward_version!r} is not one of "
+                         f"{', '.join(REWARD_VERSIONS)}")
+    kwargs = dict(seed=seed, use_one_hot=use_one_hot, reward_function_version=reward_version)
+    if suite.startswith("mt1:"):
+        if use_one_hot:
+            raise ValueError(f"use_one_hot=True: metaworld's MT1 ({suite!r}) has no one-hot")
+        return gym.make_vec("Meta-World/MT1", num_envs=1, vectorization_mode="sync",
+                            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+                            env_name=names[0], **kwargs)
+    use_async = _use_async(asynchronous, len(names))
+    return gym.make_vec(f"Meta-World/{_MT_SUITES[suite][1]}",
+                        vector_strategy="async" if use_async else "sync", **kwargs)
+
+
+def env_task_names(envs: gym.vector.VectorEnv) -> tuple[str, ...]:
+    """The metaworld task name each env of `envs` runs, in env order, e.g. ('reach-v3', ...).
+
+    Read from the envs themselves (``task_name``, the env class's name), as
+    ``metaworld.evaluation`` does; ValueError for an env that is not a metaworld v3 task.
+    """
+    by_class = {cls.__name__: name for name, cls in env_dict.ALL_V3_ENVIRONMENTS.items()}
+    try:
+        classes = envs.unwrapped.get_attr("task_name")
+    except AttributeError:
+        raise ValueError(f"{envs} runs no metaworld task (its envs have no task_name)") from None
+    unknown = [c for c in classes if c not in by_class]
+    if unknown:
+        raise ValueError(f"{envs} runs {unknown[0]!r}, not a metaworld v3 task")
+    return tuple(by_class[c] for c in classes)
+
+
+def benchmark_evaluation(agent, envs: gym.vector.VectorEnv, episodes: int) -> dict:
+    """Meta-World's own protocol, ``metaworld.evaluation.evaluation(agent, envs, episodes)``.
+
+    There: episodes end at the first success (``terminate_on_success`` switched on for the
+    evaluation) or at the time limit, an episode counts as a success if the ``success`` of its
+    ``final_info`` is 1, the first `episodes` episodes of each task count, and the mean is
+    unweighted over tasks. `agent` needs ``eval_action(observations) -> actions`` and
+    ``reset(env_mask)``. Returns {"success": (N,), "return": (N,), "mean_success": float,
+    "mean_return": float}, per-task values in env order.
+    """
+    if not isinstance(episodes, int) or episodes <= 0:
+        raise ValueError(f"episodes={episodes!r} must be a positive integer")
+    names = env_task_names(envs)
+    mean_success, mean_return, success, returns = metaworld.evaluation.evaluation(
+        agent, envs, episodes)
+    return {"success": np.array([success[name] for name in names], np.float64),
+            "return": np.array([np.mean(returns[name]) for name in names], np.float64),
+            "mean_success": mean_success, "mean_return": mean_return}
 
 
 class EnvWorker:
