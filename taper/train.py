@@ -290,6 +290,17 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
     Uses the evaluation seed of that step, so with the run's `eval_episodes` it reproduces the
     run's own evaluation there.
     """
+    cfg, spec, agent, step = load_agent(run_dir, device)
+    with contextlib.closing(_make_envs(cfg)) as envs:
+        result = evaluate(agent, envs, spec, episodes or cfg.eval_episodes,
+                          seed=env_seed(cfg.seed, step, EVAL_STREAM))
+    return spec, step, result
+
+
+def load_agent(run_dir: str | Path,
+               device: str | None = None) -> tuple[Config, suites.SuiteSpec, Agent, int]:
+    """The agent of a run folder's latest checkpoint: (the run's Config, its suite's spec, the
+    agent on `device` (default: the run's), the checkpoint's step)."""
     run_dir = Path(run_dir)
     cfg = Config.load(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
@@ -297,10 +308,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None,
                   resolve_device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
-    with contextlib.closing(_make_envs(cfg)) as envs:
-        result = evaluate(agent, envs, spec, episodes or cfg.eval_episodes,
-                          seed=env_seed(cfg.seed, checkpoint["step"], EVAL_STREAM))
-    return spec, checkpoint["step"], result
+    return cfg, spec, agent, checkpoint["step"]
 
 
 # ---------------------------------------------------------------------- set-up
