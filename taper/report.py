@@ -522,7 +522,8 @@ def write_plots(groups: Sequence[Group], out_dir: str | Path,
                 ax.plot(steps, values[:, i], marker="o", markersize=2, label=name)
             ax.set(title=f"{' '.join(g.key)}: {title}", xlabel="steps per env")
         axes[1].set_yscale("log")
-        axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        if axes[1].lines:
+            axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
         written.append(_save(plt, fig, out / f"train_{_slug(*g.key)}.png"))
 
     for g in groups if tsne_episodes > 0 else ():
