@@ -192,7 +192,7 @@ def _stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def success_curve(group: Group) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
     """Fig. 1b: (steps, mean, std, seeds), at each point the mean ± std across seeds of the
     task-mean success and the number of seeds that reached it."""
-    return (group.steps, *_stats(group.success.mean(axis=2), axis=0))
+    return (group.steps, *_stats(_stats(group.success, axis=2)[0], axis=0))
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def across_tasks(group: Group) -> tuple[tuple[int, ...], np.ndarray, np.ndarray,
     """Table 2: (steps, mean, std, seeds), at each point mean ± std across tasks of the
     seed-averaged per-task success, and the number of seeds averaged there."""
     steps, per_task, _, seeds = task_curves(group)
-    return steps, per_task.mean(axis=1), per_task.std(axis=1), seeds
+    return (steps, *_stats(per_task, axis=1)[:2], seeds)
 
 
 def task_curves(group: Group) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
@@ -273,52 +273,68 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align:
 
 
 def markdown(groups: Sequence[Group]) -> str:
-    """Table 1, Table 2, per-task success at the best point and (where the runs span more than
-    one method or sampler of a suite) the methods × samplers cross, as markdown."""
-    suites = {g.cfg.suite for g in groups}
+    """Table 1, Table 2, per-task success at the best point and (where the runs of a suite span
+    more than one method or sampler) the methods × samplers cross, as markdown."""
     best = [best_point(g) for g in groups]
-    out = ["**Table 1**: best mean success % over the evaluation points, ± std across seeds "
-           "(points every seed reached)", ""]
-    out.append(_markdown_table(
-        ["suite", "method", "sampler", "success %", "at step", "seeds", "incomplete runs"],
-        ([*g.key, *(("no point reached by every seed", "", str(len(g.runs))) if b is None
-                    else (_pm(b.mean, b.std), f"{b.step:,}", str(b.seeds))),
-          _incomplete_note(g)] for g, b in zip(groups, best)), align="lllrrrl"))
+    out = [_table1(groups, best), _table2(groups)]
+    for suite in sorted({g.cfg.suite for g in groups}):
+        members = [(g, b) for g, b in zip(groups, best) if g.cfg.suite == suite and b]
+        if members:
+            out.append(_per_task(suite, members))
+        if len({g.cfg.method for g, _ in members}) > 1 or \
+                len({g.cfg.sampler for g, _ in members}) > 1:
+            out.append(_cross(suite, members))
+    return "\n\n".join(out)
 
-    steps = sorted({s for g in groups for s in g.steps})
+
+def _table1(groups: Sequence[Group], best: Sequence[Best | None]) -> str:
+    rows = ([*g.key, *(("no point reached by every seed", "", str(len(g.runs))) if b is None
+                       else (_pm(b.mean, b.std), f"{b.step:,}", str(b.seeds))),
+             _incomplete_note(g)] for g, b in zip(groups, best))
+    return ("**Table 1**: best mean success % over the evaluation points, ± std across seeds "
+            "(points every seed reached)\n\n" + _markdown_table(
+                ["suite", "method", "sampler", "success %", "at step", "seeds",
+                 "incomplete runs"], rows, align="lllrrrl"))
+
+
+def _table2(groups: Sequence[Group]) -> str:
+    suites = {g.cfg.suite for g in groups}
     cells = {}
     for g in groups:
         for s, mean, std, seeds in zip(*across_tasks(g)):
             partial = f" ({seeds} of {len(g.runs)} seeds)" if seeds < len(g.runs) else ""
             cells[g.key, s] = _pm(mean, std) + partial
-    out += ["", "**Table 2**: mean success % ± std across tasks (each task averaged over seeds)",
-            "", _markdown_table(["step", *(_label(g, suites) for g in groups)],
-                                ([f"{s:,}", *(cells.get((g.key, s), "") for g in groups)]
-                                 for s in steps), align="r" * (len(groups) + 1))]
+    steps = sorted({s for g in groups for s in g.steps})
+    rows = ([f"{s:,}", *(cells.get((g.key, s), "") for g in groups)] for s in steps)
+    return ("**Table 2**: mean success % ± std across tasks (each task averaged over seeds)\n\n"
+            + _markdown_table(["step", *(_label(g, suites) for g in groups)], rows,
+                              align="r" * (len(groups) + 1)))
 
-    for suite in sorted(suites):
-        members = [(g, b) for g, b in zip(groups, best) if g.cfg.suite == suite and b]
-        if not members:
-            continue
-        columns = [(g, b, *(a[g.steps.index(b.step)] for a in task_curves(g)[1:3]))
-                   for g, b in members]
-        tasks = max((g.tasks for g, _ in members), key=len)
-        out += ["", f"**Per task** ({suite}): success % at the best point, ± std across seeds",
-                "", _markdown_table(
-                    ["task", *(f"{_label(g, set())} at {b.step:,}" for g, b in members)],
-                    ([task, *(_pm(mean[i], std[i]) for _, _, mean, std in columns)]
-                     for i, task in enumerate(tasks)), align="l" + "r" * len(members))]
 
-        methods = list(dict.fromkeys(g.cfg.method for g, _ in members))
-        samplers = list(dict.fromkeys(g.cfg.sampler for g, _ in members))
-        if len(methods) > 1 or len(samplers) > 1:
-            table1 = {(g.cfg.method, g.cfg.sampler): f"{_pm(b.mean, b.std)} ({b.seeds})"
-                      for g, b in members}
-            out += ["", f"**Methods × samplers** ({suite}): Table 1's success % (seeds)", "",
-                    _markdown_table(["method", *samplers],
-                                    ([m, *(table1.get((m, s), "") for s in samplers)]
-                                     for m in methods), align="l" + "r" * len(samplers))]
-    return "\n".join(out)
+def _per_task(suite: str, members: Sequence[tuple[Group, Best]]) -> str:
+    columns = []
+    for g, b in members:
+        _, mean, std, _ = task_curves(g)
+        at = g.steps.index(b.step)
+        columns.append((mean[at], std[at]))
+    tasks = max((g.tasks for g, _ in members), key=len)
+    rows = ([task, *(_pm(mean[i], std[i]) for mean, std in columns)]
+            for i, task in enumerate(tasks))
+    return (f"**Per task** ({suite}): success % at the best point, ± std across seeds\n\n"
+            + _markdown_table(["task", *(f"{_label(g, set())} at {b.step:,}"
+                                         for g, b in members)], rows,
+                              align="l" + "r" * len(members)))
+
+
+def _cross(suite: str, members: Sequence[tuple[Group, Best]]) -> str:
+    """The form of Tables 4-6: Table 1's values, a row per method and a column per sampler."""
+    methods = list(dict.fromkeys(g.cfg.method for g, _ in members))
+    samplers = list(dict.fromkeys(g.cfg.sampler for g, _ in members))
+    table1 = {(g.cfg.method, g.cfg.sampler): f"{_pm(b.mean, b.std)} ({b.seeds})"
+              for g, b in members}
+    rows = ([m, *(table1.get((m, s), "") for s in samplers)] for m in methods)
+    return (f"**Methods × samplers** ({suite}): Table 1's success % (seeds)\n\n"
+            + _markdown_table(["method", *samplers], rows, align="l" + "r" * len(samplers)))
 
 
 CSV_COLUMNS = ("table", "suite", "method", "sampler", "step", "task", "success_mean",
@@ -498,6 +514,8 @@ def write_plots(groups: Sequence[Group], out_dir: str | Path,
     for suite in suites:
         members = [g for g in groups if g.cfg.suite == suite]
         tasks = max((g.tasks for g in members), key=len)
+        if not tasks:  # no evaluation yet
+            continue
         fig, axes = _panels(plt, len(tasks), min(len(tasks), 5))
         for g in members:
             steps, mean, std, _ = task_curves(g)
@@ -505,8 +523,7 @@ def write_plots(groups: Sequence[Group], out_dir: str | Path,
                 _band(ax, steps, mean[:, i], std[:, i], _label(g, set()))
         for ax, task in zip(axes, tasks):
             ax.set_title(task, fontsize=9)
-        if tasks:
-            axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=7)
         fig.supxlabel("steps per env")
         fig.supylabel("success %")
         written.append(_save(plt, fig, out / f"tasks_{_slug(suite)}.png"))

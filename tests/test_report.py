@@ -119,6 +119,22 @@ def test_an_incomplete_run_counts_only_where_it_reached_and_is_named(tmp_path):
     assert "seed 1: 1 of 3 points" in text
     assert "| 20 | 40.0 ± 0.0 (1 of 2 seeds) |" in text and "| 10 | 40.0 ± 0.0 |" in text
 
+    fake_run(tmp_path / "s2", [], seed=2)
+    [group] = groups_of(tmp_path)
+    assert report.best_point(group) is None
+    assert list(report.across_tasks(group)[3]) == [2, 1, 1]
+    text = invoke(tmp_path).output
+    assert "| no point reached by every seed |  | 3 | seed 1: 1 of 3 points; seed 2: 0 of 3" \
+        in text and "Per task" not in text
+
+
+def test_a_run_without_evaluations_yet_is_reported_as_such(tmp_path):
+    fake_run(tmp_path / "s0", [])
+    result = invoke(tmp_path, "--plots", tmp_path / "figs", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    [row] = csv.DictReader(io.StringIO(result.output.split("figure:")[0]))
+    assert (row["table"], row["success_mean"], row["seeds"]) == ("1", "", "1")
+
 
 def test_runs_differing_in_more_than_the_seed_are_not_pooled(tmp_path):
     a = fake_run(tmp_path / "a", S0)
