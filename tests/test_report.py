@@ -228,6 +228,12 @@ def test_tsne_keeps_tasks_apart_that_the_embedding_separates():
     assert within < 0.2 * np.linalg.norm(centroids[:, None] - centroids[None], axis=-1).max()
 
 
+def test_tsne_without_scikit_learn_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
+    with pytest.raises(ImportError, match=r"t-SNE figure needs scikit-learn: pip install"):
+        report.tsne(np.zeros((5, 2)), seed=0)
+
+
 class _Envs:
     """Two tasks; the observation is (task id, step count) repeated to obs_dim."""
 
