@@ -285,20 +285,29 @@ def eval_command(run_dir, protocol, episodes, device) -> None:
 
 
 @main.command("report")
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="Also save success curves of all runs, one panel per task, to this PNG.")
-def report_command(run_dirs, plot_path) -> None:
-    """Per-task success % at every evaluation of each RUN_DIR (a markdown table)."""
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(("markdown", "csv")), default="markdown",
+              show_default=True, help="csv: one tidy table of the same numbers.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Also write the figures (PNG) into this folder.")
+@click.option("--tsne-episodes", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Episodes per task whose states the t-SNE of u embeds (a taper checkpoint "
+                   "per taper group); 0: no t-SNE.")
+def report_command(paths, fmt, plots_dir, tsne_episodes) -> None:
+    """Tables 1 and 2, per-task success and methods x samplers of the runs in PATHS.
+
+    PATHS are run folders or folders holding them (a sweep); runs are grouped by suite,
+    method and sampler, and pooled only if their settings differ in nothing but the seed.
+    """
     from taper import report
 
     try:
-        for run_dir in run_dirs:
-            click.echo(report.markdown_table(run_dir) + "\n")
-        if plot_path:
-            report.plot(list(run_dirs), plot_path)
-            click.echo(f"figure: {plot_path}")
+        runs = [report.load_run(path) for path in report.find_runs(paths)]
+        groups = report.group_runs(runs)
+        click.echo(report.render(groups, fmt))
+        if plots_dir:
+            for path in report.write_plots(groups, plots_dir, tsne_episodes):
+                click.echo(f"figure: {path}")
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     except ImportError as error:
