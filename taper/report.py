@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import re
@@ -34,11 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from taper.config import Config
+from taper.runs import CHECKPOINT, METRICS, settings_differ
 
-CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
+CONFIG = "config.json"
 FORMATS = ("markdown", "csv")
-POOLED_OVER = ("seed", "out")
-"""Config fields in which runs of one group may differ."""
 
 
 # ---------------------------------------------------------------------- reading runs
@@ -107,12 +105,6 @@ def per_task_train_metric(run_dir: str | Path, prefix: str) -> tuple[tuple[int, 
 
 
 # ---------------------------------------------------------------------- grouping
-def differing_settings(a: Config, b: Config) -> list[str]:
-    """The Config fields, other than seed and out, in which `a` and `b` differ."""
-    return [f.name for f in dataclasses.fields(Config)
-            if f.name not in POOLED_OVER and getattr(a, f.name) != getattr(b, f.name)]
-
-
 @dataclass(frozen=True)
 class Group:
     """The seeds of one (suite, method, sampler), settings otherwise equal."""
@@ -153,7 +145,7 @@ def _group(members: list[Run]) -> Group:
     first = members[0]
     seen = {}
     for run in members:
-        differ = differing_settings(first.cfg, run.cfg)
+        differ = settings_differ(first.cfg, run.cfg)
         if differ:
             values = ", ".join(f"{name} {getattr(first.cfg, name)!r} vs "
                                f"{getattr(run.cfg, name)!r}" for name in differ)
