@@ -13,12 +13,12 @@ import torch
 from metaworld import env_dict
 
 from taper import task_descriptions
-from taper.config import SAMPLERS, Config
+from taper.config import Config
 from taper.methods import CARE
 from taper.networks import task_groups
 from taper.replay import Batch
 from taper.sac import Agent
-from taper.train import CHECKPOINT, evaluate_run, train
+from taper.train import evaluate_run, train
 from taper.task_descriptions import DESCRIPTIONS, EMBEDDINGS, task_embeddings
 
 OBS, ACT = 5, 2
@@ -172,29 +172,6 @@ def test_care_on_a_gym_suite_names_the_suite():
 
 
 # ---- runs ----------------------------------------------------------------------------------------
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sampler", SAMPLERS)
-def test_mt10_rand_runs_with_every_sampler(tmp_path, sampler):
-    cfg = Config(suite="mt10-rand", method="care", sampler=sampler, steps_per_env=100,
-                 learning_starts=50, eval_every=100, log_every=50, hidden_sizes=(16, 16),
-                 batch_size=40, buffer_size=4000, episode_length=50, eval_episodes=1,
-                 encoder_dim=8, encoder_hidden_sizes=(16,), context_dim=8,
-                 context_hidden_sizes=(16,), out=str(tmp_path / "run"))
-    run_dir = train(cfg)
-
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in lines if r["kind"] == "eval"]
-    assert [r["task"] for r in evals] == list(env_dict.MT10_V3)
-    trains = [r for r in lines if r["kind"] == "train"]
-    assert [r["step"] for r in trains] == [50, 100]
-    assert np.isfinite(trains[-1]["loss/critic"]) and np.isfinite(trains[-1]["loss/actor"])
-    if sampler == "ta-per":
-        assert sum(trains[-1][f"quota/{i}"] for i in range(10)) == 40
-    state = torch.load(run_dir / CHECKPOINT, weights_only=False)["agent"]["method"]
-    np.testing.assert_array_equal(state["embeddings"].numpy(),
-                                  task_embeddings(tuple(env_dict.MT10_V3)))
-
 
 @pytest.mark.slow
 def test_a_care_run_folder_evaluates_from_its_checkpoint(tmp_path):

@@ -294,7 +294,7 @@ def test_every_method_trains_on_mt10_rand_with_every_sampler(tmp_path, method, s
                  learning_starts=40, eval_every=100, log_every=50, hidden_sizes=(16, 16),
                  unique_hidden_sizes=(16,), unique_dim=8, num_param_sets=2, module_width=16,
                  batch_size=40, buffer_size=4000, episode_length=50, eval_episodes=1,
-                 out=str(tmp_path / "run"))
+                 overlap_envs=False, out=str(tmp_path / "run"))
     run_dir = train(cfg)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trains = [r for r in rows if r["kind"] == "train"]
