@@ -258,10 +258,16 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
+        """The Config of `to_json`'s text; fields added since it was written take their defaults
+        (a run folder of an older taper still loads); ValueError names a field this taper lacks."""
         values = json.loads(text)
-        for name in ("hidden_sizes", "unique_hidden_sizes", "encoder_hidden_sizes",
-                     "context_hidden_sizes"):
-            values[name] = tuple(values[name])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config fields {unknown} are not settings of this taper")
+        for name, value in values.items():
+            if isinstance(value, list):
+                values[name] = tuple(value)
         return cls(**values)
 
     def save(self, run_dir: str | Path) -> None:

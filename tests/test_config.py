@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -50,6 +51,18 @@ def test_json_round_trip(tmp_path):
     cfg = Config.from_preset("paper", suite="mt50-rand", method="paco", k_min=3)
     cfg.save(tmp_path)
     assert Config.load(tmp_path) == cfg
+
+
+def test_an_older_config_json_loads_with_defaults_and_an_unknown_field_is_named(tmp_path):
+    cfg = Config(method="paco", hidden_sizes=(32, 32), seed=3)
+    values = json.loads(cfg.to_json())
+    del values["context_hidden_sizes"], values["num_modules"]     # fields a later taper added
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    assert Config.load(tmp_path) == cfg
+    values["from_the_future"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match="from_the_future"):
+        Config.load(tmp_path)
 
 
 def test_importing_the_config_loads_neither_numba_nor_torch():
