@@ -10,7 +10,7 @@ pools only runs whose settings differ in nothing but the seed.
   per-task success.
 - Tables 4-6 form: Table 1's values crossed methods × samplers.
 
-An incomplete run (fewer evaluation points than its group) counts only at the points it
+An incomplete run (fewer evaluation points than its config plans) counts only at the points it
 reached: every point says how many seeds it holds, and Table 1's best is taken over the points
 that every seed of the group reached. Stds are population stds (numpy's ddof=0).
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from taper.config import Config
-from taper.runs import CHECKPOINT, METRICS, settings_differ
+from taper.runs import CHECKPOINT, METRICS, evaluations_planned, settings_differ
 
 CONFIG = "config.json"
 FORMATS = ("markdown", "csv")
@@ -126,9 +126,15 @@ class Group:
         return self.cfg.suite, self.cfg.method, self.cfg.sampler
 
     @property
+    def planned(self) -> int:
+        """Evaluation points a finished run of the group has: those its config plans (a run
+        still going, or stopped, has fewer), or more where a run reached more."""
+        return max(evaluations_planned(self.cfg), len(self.steps))
+
+    @property
     def incomplete(self) -> list[Run]:
-        """Runs with fewer evaluation points than the group."""
-        return [run for run in self.runs if len(run.steps) < len(self.steps)]
+        """Runs with fewer evaluation points than `planned`."""
+        return [run for run in self.runs if len(run.steps) < self.planned]
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -252,7 +258,7 @@ def _label(group: Group, suites: set[str]) -> str:
 
 
 def _incomplete_note(group: Group) -> str:
-    return "; ".join(f"seed {run.cfg.seed}: {len(run.steps)} of {len(group.steps)} points"
+    return "; ".join(f"seed {run.cfg.seed}: {len(run.steps)} of {group.planned} points"
                      for run in group.incomplete)
 
 

@@ -22,7 +22,9 @@ def fake_run(path, success, tasks=("t0", "t1"), train=(), **settings):
     """A run folder: config.json from `settings`, eval rows success[point][task] at steps
     10, 20, ..., and the given train rows."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(Config(**{"suite": "mt10-rand", **settings}).to_json())
+    settings = {"suite": "mt10-rand", "steps_per_env": 10 * max(len(success), 1),
+                "eval_every": 10, **settings}
+    (path / "config.json").write_text(Config(**settings).to_json())
     with open(path / "metrics.jsonl", "w") as f:
         for row in train:
             f.write(json.dumps({"kind": "train", **row}) + "\n")
@@ -107,7 +109,7 @@ def test_tables_1_and_2_and_per_task_follow_the_paper_protocol(tmp_path):
 
 def test_an_incomplete_run_counts_only_where_it_reached_and_is_named(tmp_path):
     fake_run(tmp_path / "s0", [[0.2, 0.2], [0.4, 0.4], [1.0, 1.0]])
-    fake_run(tmp_path / "s1", [[0.6, 0.6]], seed=1)
+    fake_run(tmp_path / "s1", [[0.6, 0.6]], seed=1, steps_per_env=30)
     [group] = groups_of(tmp_path)
     steps, mean, std, seeds = report.success_curve(group)
     assert steps == (10, 20, 30) and list(seeds) == [2, 1, 1]
@@ -119,7 +121,7 @@ def test_an_incomplete_run_counts_only_where_it_reached_and_is_named(tmp_path):
     assert "seed 1: 1 of 3 points" in text
     assert "| 20 | 40.0 ± 0.0 (1 of 2 seeds) |" in text and "| 10 | 40.0 ± 0.0 |" in text
 
-    fake_run(tmp_path / "s2", [], seed=2)
+    fake_run(tmp_path / "s2", [], seed=2, steps_per_env=30)
     [group] = groups_of(tmp_path)
     assert report.best_point(group) is None
     assert list(report.across_tasks(group)[3]) == [2, 1, 1]
@@ -298,3 +300,12 @@ def test_plots_of_a_trained_taper_run_include_its_tsne(tmp_path):
     assert result.exit_code == 0, result.output
     data = (tmp_path / "figs" / "tsne_mt1-reach-v3_taper_ta-per_s0.png").read_bytes()
     assert data[:8] == PNG and len(data) > 1000
+
+
+def test_a_lone_run_short_of_its_planned_points_is_named_incomplete(tmp_path):
+    fake_run(tmp_path / "s0", [[0.2, 0.4]], steps_per_env=50)           # 1 of 5 points so far
+    [group] = groups_of(tmp_path)
+    assert [run.cfg.seed for run in group.incomplete] == [0]
+    assert "seed 0: 1 of 5 points" in invoke(tmp_path).output
+    fake_run(tmp_path / "done", [[0.2, 0.4]], seed=1, method="paco")      # 1 of 1: finished
+    assert [g.incomplete for g in groups_of(tmp_path / "done")] == [[]]
