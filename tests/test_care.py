@@ -20,6 +20,7 @@ from taper.replay import Batch
 from taper.sac import Agent
 from taper.train import evaluate_run, train
 from taper.task_descriptions import DESCRIPTIONS, EMBEDDINGS, task_embeddings
+from tests.test_sac import make_batch as sac_batch
 
 OBS, ACT = 5, 2
 NAMES = ("reach-v3", "push-v3", "pick-place-v3")
@@ -38,15 +39,7 @@ def agent_for(cfg: Config | None = None) -> Agent:
 
 
 def make_batch(task_ids, seed=0) -> Batch:
-    rng = np.random.default_rng(seed)
-    ids = np.asarray(task_ids, dtype=np.int64)
-    k = ids.size
-    return Batch(rng.normal(size=(k, OBS)).astype(np.float32),
-                 rng.uniform(-1, 1, (k, ACT)).astype(np.float32),
-                 rng.normal(size=k).astype(np.float32),
-                 rng.normal(size=(k, OBS)).astype(np.float32),
-                 (np.arange(k) % 4 == 3).astype(np.float32), ids,
-                 np.arange(k, dtype=np.int64), rng.uniform(0.2, 1.0, k).astype(np.float32))
+    return sac_batch(task_ids, seed, obs=OBS, act=ACT)
 
 
 def context_parameters(method: CARE) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from taper.networks import TaskLinear, task_groups
 from taper.replay import Batch
 from taper.sac import Agent
 from taper.train import evaluate_run, train
+from tests.test_sac import make_batch
 
 BASELINES = ("single", "pcgrad", "softmod")
 OBS, ACT = 3, 2
@@ -27,19 +28,6 @@ def tiny(method: str, **overrides) -> Config:
     values = dict(method=method, hidden_sizes=(8, 8), num_modules=2, module_layers=3,
                   module_width=8, routing_layers=1, batch_size=12)
     return Config(**{**values, **overrides})
-
-
-def make_batch(task_ids, seed=0) -> Batch:
-    rng = np.random.default_rng(seed)
-    ids = np.asarray(task_ids, dtype=np.int64)
-    k = ids.size
-    return Batch(observations=rng.normal(size=(k, OBS)).astype(np.float32),
-                 actions=rng.uniform(-1, 1, (k, ACT)).astype(np.float32),
-                 rewards=rng.normal(size=k).astype(np.float32),
-                 next_observations=rng.normal(size=(k, OBS)).astype(np.float32),
-                 dones=(np.arange(k) % 4 == 3).astype(np.float32), task_ids=ids,
-                 indices=np.arange(k, dtype=np.int64),
-                 weights=rng.uniform(0.2, 1.0, k).astype(np.float32))
 
 
 def networks(agent: Agent) -> dict[str, torch.Tensor]:
