@@ -106,6 +106,9 @@ _CONFIG_OPTIONS = (
     click.option("--triplet-margin", type=float, help="Margin m of Eq. 1.  [default: 1.0]"),
     click.option("--unique-sac-grad/--no-unique-sac-grad", default=None,
                  help="Let SAC gradients into the unique-feature MLP (ablation).  [default: off]"),
+    click.option("--unique-normalize/--no-unique-normalize", default=None,
+                 help="u on the unit sphere, f(s)/||f(s)|| (FaceNet); off: the raw MLP output.  "
+                      "[default: on]"),
     click.option("--num-modules", type=int,
                  help="Soft Modularization: modules per layer.  [default: 2]"),
     click.option("--module-layers", type=int,

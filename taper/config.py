@@ -155,6 +155,10 @@ class Config:
     """Adam learning rate of the unique-feature MLP."""
     unique_sac_grad: bool = False
     """Let SAC gradients flow into the unique-feature MLP (ablation)."""
+    unique_normalize: bool = True
+    """Put u on the unit sphere, u = f(s) / ||f(s)|| (FaceNet's triplet embedding), so its
+    unique_dim inputs have the state's scale; False: the raw MLP output, whose entries grow to
+    about 10x the state's under the triplet loss (README, "Unique-feature scale")."""
     num_modules: int = 2
     """Soft Modularization: modules per layer, M (original code: 2 for MT10, 4 for MT50)."""
     module_layers: int = 2

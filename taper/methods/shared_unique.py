@@ -2,8 +2,10 @@
 
 Wiring, per state s of task i:
 
-    u = f(s)                                 f: MLP  obs_dim -> unique_hidden_sizes -> unique_dim,
-                                                fed the raw state (no one-hot)
+    u = f(s) / ||f(s)||                      f: MLP  obs_dim -> unique_hidden_sizes -> unique_dim,
+                                                fed the raw state (no one-hot); u on the unit
+                                                sphere as FaceNet's triplet embedding
+                                                (`Config.unique_normalize`, default)
     actor    pi(. | s, i) = g_actor([s, u];  theta_i = Phi_actor  w_i)
     critics  Q_j(s, a, i) = g_Qj([s, u, a];  theta_i = Phi_Qj     w_i),  j = 1, 2
 
@@ -37,9 +39,12 @@ class SharedUnique(PaCo):
         self.feature_dim = obs_dim + cfg.unique_dim
         self.margin = cfg.triplet_margin
         self.sac_grad = cfg.unique_sac_grad
+        self.normalize = cfg.unique_normalize
 
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor]:
         u = self.unique(obs)
+        if self.normalize:
+            u = F.normalize(u, dim=-1)
         return torch.cat([obs, u if self.sac_grad else u.detach()], dim=-1), u
 
     def optimizer_groups(self, cfg: Config) -> dict[str, tuple[list[nn.Parameter], float]]:
