@@ -146,6 +146,45 @@ def test_methods_wire_the_task_in_as_documented():
     assert ablation.features(obs, groups)[0].requires_grad
 
 
+def test_unique_features_lie_on_the_unit_sphere_unless_switched_off():
+    cfg = Config(hidden_sizes=(8,), unique_dim=4, unique_hidden_sizes=(6,))
+    obs, groups = torch.randn(7, 5) * 10, groups_for(np.array([0, 0, 0, 1, 1, 1, 1]), 2, True)
+    torch.manual_seed(0)
+    unit = SharedUnique(cfg, 5, 2)
+    torch.manual_seed(0)
+    raw = SharedUnique(replace(cfg, unique_normalize=False), 5, 2)
+    features, u = unit.features(obs, groups)
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(7))
+    torch.testing.assert_close(features[:, 5:], u.detach())                  # what SAC sees
+    raw_u = raw.features(obs, groups)[1]
+    assert not torch.allclose(raw_u.norm(dim=1), torch.ones(7))
+    torch.testing.assert_close(u, raw_u / raw_u.norm(dim=1, keepdim=True))   # same f, projected
+
+
+def test_triplet_loss_on_the_unit_sphere_separates_two_tasks_by_the_margin():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ids = np.repeat([0, 1], 32)
+    obs = torch.as_tensor(rng.normal(size=(64, 6)), dtype=torch.float32)
+    obs[:32, 0] += 1.0                                       # the tasks differ in one dimension
+    groups = groups_for(ids, 2, grouped=True)
+    cfg = Config(unique_dim=8, unique_hidden_sizes=(32,))
+    method = SharedUnique(cfg, 6, 2)
+    opt = torch.optim.Adam(method.unique.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        loss, _ = method.auxiliary_loss(method.features(obs, groups)[1], groups, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        u = method.features(obs, groups)[1]
+    centre = torch.stack([u[:32].mean(0), u[32:].mean(0)])
+    spread = max((u[:32] - centre[0]).norm(dim=1).mean(), (u[32:] - centre[1]).norm(dim=1).mean())
+    assert (centre[0] - centre[1]).norm() > cfg.triplet_margin + spread      # apart by m
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(64))
+
+
 def test_triplet_rows_pick_same_task_positives_and_other_task_negatives():
     ids = np.array([3, 0, 1, 0, 3, 1, 1, 3, 0, 2])                  # task 2 has a single row
     groups = groups_for(ids, 4, grouped=False)
