@@ -108,7 +108,7 @@ _CONFIG_OPTIONS = (
                  help="Let SAC gradients into the unique-feature MLP (ablation).  [default: off]"),
     click.option("--unique-normalize/--no-unique-normalize", default=None,
                  help="u on the unit sphere, f(s)/||f(s)|| (FaceNet); off: the raw MLP output.  "
-                      "[default: on]"),
+                      "[default: off]"),
     click.option("--num-modules", type=int,
                  help="Soft Modularization: modules per layer.  [default: 2]"),
     click.option("--module-layers", type=int,

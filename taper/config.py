@@ -60,11 +60,6 @@ PRESETS = {
 }
 
 
-BEFORE_FIELD = {"unique_normalize": False}
-"""Fields whose default differs from what taper did before the field existed: the value an
-older config.json (without the field) stands for."""
-
-
 def preset_for(device_type: str) -> str:
     """The preset that suits a device type ("cuda", "cpu"): paper on CUDA, the CPU one elsewhere."""
     return "paper" if device_type == "cuda" else "cpu-hour"
@@ -160,7 +155,7 @@ class Config:
     """Adam learning rate of the unique-feature MLP."""
     unique_sac_grad: bool = False
     """Let SAC gradients flow into the unique-feature MLP (ablation)."""
-    unique_normalize: bool = True
+    unique_normalize: bool = False
     """Put u on the unit sphere, u = f(s) / ||f(s)|| (FaceNet's triplet embedding), so its
     unique_dim inputs have the state's scale; False: the raw MLP output, whose entries grow to
     about 10x the state's under the triplet loss (README, "Unique-feature scale")."""
@@ -267,15 +262,13 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        """The Config of `to_json`'s text; fields added since it was written take their defaults,
-        or the behaviour that taper had before them (`BEFORE_FIELD`), so a run folder of an older
-        taper loads as it ran; ValueError names a field this taper lacks."""
+        """The Config of `to_json`'s text; fields added since it was written take their defaults
+        (a run folder of an older taper still loads); ValueError names a field this taper lacks."""
         values = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config fields {unknown} are not settings of this taper")
-        values = {**{k: v for k, v in BEFORE_FIELD.items() if k not in values}, **values}
         for name, value in values.items():
             if isinstance(value, list):
                 values[name] = tuple(value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 
@@ -60,9 +59,6 @@ def test_an_older_config_json_loads_with_defaults_and_an_unknown_field_is_named(
     del values["context_hidden_sizes"], values["num_modules"]     # fields a later taper added
     (tmp_path / "config.json").write_text(json.dumps(values))
     assert Config.load(tmp_path) == cfg
-    del values["unique_normalize"]                # taper before it: the raw unique features
-    (tmp_path / "config.json").write_text(json.dumps(values))
-    assert Config.load(tmp_path) == replace(cfg, unique_normalize=False)
     values["from_the_future"] = 1
     (tmp_path / "config.json").write_text(json.dumps(values))
     with pytest.raises(ValueError, match="from_the_future"):

@@ -146,8 +146,8 @@ def test_methods_wire_the_task_in_as_documented():
     assert ablation.features(obs, groups)[0].requires_grad
 
 
-def test_unique_features_lie_on_the_unit_sphere_unless_switched_off():
-    cfg = Config(hidden_sizes=(8,), unique_dim=4, unique_hidden_sizes=(6,))
+def test_unique_features_lie_on_the_unit_sphere_when_switched_on():
+    cfg = Config(hidden_sizes=(8,), unique_dim=4, unique_hidden_sizes=(6,), unique_normalize=True)
     obs, groups = torch.randn(7, 5) * 10, groups_for(np.array([0, 0, 0, 1, 1, 1, 1]), 2, True)
     torch.manual_seed(0)
     unit = SharedUnique(cfg, 5, 2)
@@ -168,7 +168,7 @@ def test_triplet_loss_on_the_unit_sphere_separates_two_tasks_by_the_margin():
     obs = torch.as_tensor(rng.normal(size=(64, 6)), dtype=torch.float32)
     obs[:32, 0] += 1.0                                       # the tasks differ in one dimension
     groups = groups_for(ids, 2, grouped=True)
-    cfg = Config(unique_dim=8, unique_hidden_sizes=(32,))
+    cfg = Config(unique_dim=8, unique_hidden_sizes=(32,), unique_normalize=True)
     method = SharedUnique(cfg, 6, 2)
     opt = torch.optim.Adam(method.unique.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

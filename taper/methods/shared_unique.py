@@ -2,10 +2,10 @@
 
 Wiring, per state s of task i:
 
-    u = f(s) / ||f(s)||                      f: MLP  obs_dim -> unique_hidden_sizes -> unique_dim,
-                                                fed the raw state (no one-hot); u on the unit
-                                                sphere as FaceNet's triplet embedding
-                                                (`Config.unique_normalize`, default)
+    u = f(s)                                 f: MLP  obs_dim -> unique_hidden_sizes -> unique_dim,
+                                                fed the raw state (no one-hot); with
+                                                `Config.unique_normalize` f(s) / ||f(s)||, on
+                                                the unit sphere as FaceNet's triplet embedding
     actor    pi(. | s, i) = g_actor([s, u];  theta_i = Phi_actor  w_i)
     critics  Q_j(s, a, i) = g_Qj([s, u, a];  theta_i = Phi_Qj     w_i),  j = 1, 2
 
