@@ -4,7 +4,6 @@ and MT10-rand runs with every sampler."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -18,8 +17,9 @@ from taper.methods import CARE
 from taper.networks import task_groups
 from taper.replay import Batch
 from taper.sac import Agent
-from taper.train import evaluate_run, train
 from taper.task_descriptions import DESCRIPTIONS, EMBEDDINGS, task_embeddings
+from taper.train import evaluate_run, train
+from tests.test_sac import assert_round_trip_is_exact
 from tests.test_sac import make_batch as sac_batch
 
 OBS, ACT = 5, 2
@@ -107,23 +107,10 @@ def test_an_actor_step_leaves_the_context_unchanged():
 
 
 def test_state_dict_round_trip_gives_identical_outputs():
-    agent = agent_for()
-    for seed in range(3):
-        agent.update(make_batch(IDS, seed))
-    buffer = io.BytesIO()
-    torch.save(agent.state_dict(), buffer)
-    buffer.seek(0)
-    restored = agent_for(tiny(seed=7))
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    obs = np.random.default_rng(1).normal(size=(4, OBS))
-    ids = np.array([0, 1, 2, 0])
-    for deterministic in (True, False):
-        np.testing.assert_array_equal(agent.act(obs, ids, deterministic),
-                                      restored.act(obs, ids, deterministic))
-    batch = make_batch(IDS, seed=9)
-    (m1, td1), (m2, td2) = agent.update(batch), restored.update(batch)
-    assert m1 == m2
-    np.testing.assert_array_equal(td1, td2)
+    assert_round_trip_is_exact(agent_for(), agent_for(tiny(seed=7)),
+                               lambda seed: make_batch(IDS, seed),
+                               np.random.default_rng(1).normal(size=(4, OBS)),
+                               np.array([0, 1, 2, 0]))
 
 
 # ---- the descriptions and their embeddings -----------------------------------------------------

@@ -3,7 +3,6 @@ projection by hand, Soft Modularization's routing; every method x sampler on MT1
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -17,7 +16,7 @@ from taper.networks import TaskLinear, task_groups
 from taper.replay import Batch
 from taper.sac import Agent
 from taper.train import evaluate_run, train
-from tests.test_sac import make_batch
+from tests.test_sac import TARGETS, assert_round_trip_is_exact, bandit_means, make_batch
 
 BASELINES = ("single", "pcgrad", "softmod")
 OBS, ACT = 3, 2
@@ -53,21 +52,10 @@ def test_one_update_changes_every_parameter_and_keeps_them_finite(method):
 
 @pytest.mark.parametrize("method", BASELINES)
 def test_state_dict_round_trip_gives_identical_updates(method):
-    agent = Agent(tiny(method), OBS, ACT, 3, "cpu")
-    for seed in range(2):
-        agent.update(make_batch(IDS, seed=seed))
-    buffer = io.BytesIO()
-    torch.save(agent.state_dict(), buffer)
-    buffer.seek(0)
-    restored = Agent(tiny(method, seed=7), OBS, ACT, 3, "cpu")
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    batch = make_batch(IDS, seed=9)
-    (m1, td1), (m2, td2) = agent.update(batch), restored.update(batch)
-    assert m1 == m2
-    np.testing.assert_array_equal(td1, td2)
-
-
-TARGETS = np.array([-0.6, 0.1, 0.7])
+    assert_round_trip_is_exact(
+        Agent(tiny(method), OBS, ACT, 3, "cpu"), Agent(tiny(method, seed=7), OBS, ACT, 3, "cpu"),
+        lambda seed: make_batch(IDS, seed=seed),
+        np.random.default_rng(1).normal(size=(5, OBS)), np.array([0, 1, 2, 2, 0]))
 
 
 @pytest.mark.parametrize("method", BASELINES)
@@ -75,19 +63,7 @@ def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method):
     """reward = -(a - target_i)^2, one-step episodes: pi's mean moves to each task's target."""
     cfg = tiny(method, hidden_sizes=(32, 32), module_width=32, lr=1e-2, alpha_lr=1e-2,
                batch_size=48)
-    agent = Agent(cfg, OBS, 1, 3, "cpu")
-    rng = np.random.default_rng(0)
-    ids = np.repeat(np.arange(3), 16)
-    for _ in range(250):
-        obs = rng.normal(size=(48, OBS)).astype(np.float32)
-        actions = rng.uniform(-1, 1, (48, 1)).astype(np.float32)
-        rewards = (-(actions[:, 0] - TARGETS[ids]) ** 2).astype(np.float32)
-        agent.update(Batch(obs, actions, rewards, obs, np.ones(48, np.float32), ids,
-                           np.arange(48), np.ones(48, np.float32)))
-    test_ids = np.repeat(np.arange(3), 20)
-    chosen = agent.act(rng.normal(size=(60, OBS)), test_ids, deterministic=True)[:, 0]
-    means = np.array([chosen[test_ids == t].mean() for t in range(3)])
-    np.testing.assert_allclose(means, TARGETS, atol=0.1)
+    np.testing.assert_allclose(bandit_means(cfg), TARGETS, atol=0.1)
 
 
 # ---- single: independent networks -----------------------------------------------------------

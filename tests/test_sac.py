@@ -360,10 +360,9 @@ def test_critic_converges_to_the_exact_values_of_a_chain_with_terminal_ends_and_
 TARGETS = np.array([-0.6, 0.1, 0.7])
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method):
-    """reward = -(a - target_i)^2, every episode one step: Q is the reward, pi's mean -> target."""
-    cfg = tiny(method, hidden_sizes=(32, 32), lr=1e-2, alpha_lr=1e-2, batch_size=48)
+def bandit_means(cfg: Config) -> np.ndarray:
+    """reward = -(a - target_i)^2, every episode one step: 250 updates of an agent of `cfg`
+    (batch 48, three tasks), then the mean deterministic action per task, (3,)."""
     agent = Agent(cfg, OBS, 1, 3, "cpu")
     rng = np.random.default_rng(0)
     ids = np.repeat(np.arange(3), 16)
@@ -375,32 +374,43 @@ def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method):
                            np.arange(48), np.ones(48, np.float32)))
     test_ids = np.repeat(np.arange(3), 20)
     chosen = agent.act(rng.normal(size=(60, OBS)), test_ids, deterministic=True)[:, 0]
-    means = np.array([chosen[test_ids == t].mean() for t in range(3)])
-    np.testing.assert_allclose(means, TARGETS, atol=0.1)
+    return np.array([chosen[test_ids == t].mean() for t in range(3)])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method):
+    """Q is the reward, pi's mean -> each task's target."""
+    cfg = tiny(method, hidden_sizes=(32, 32), lr=1e-2, alpha_lr=1e-2, batch_size=48)
+    np.testing.assert_allclose(bandit_means(cfg), TARGETS, atol=0.1)
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["mtsac", "taper"])
-def test_state_dict_round_trip_gives_identical_outputs(method):
-    agent = Agent(tiny(method), OBS, ACT, 3, "cpu")
+def assert_round_trip_is_exact(agent: Agent, restored: Agent, batch_for, obs: np.ndarray,
+                               ids: np.ndarray) -> None:
+    """Three updates of `agent` (batches `batch_for(seed)`), its state_dict saved and loaded into
+    `restored` (built with another seed): both then act and update identically."""
     for seed in range(3):
-        agent.update(make_batch(IDS, seed=seed))
+        agent.update(batch_for(seed))
     buffer = io.BytesIO()
     torch.save(agent.state_dict(), buffer)
     buffer.seek(0)
-    restored = Agent(tiny(method, seed=7), OBS, ACT, 3, "cpu")
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-
-    obs = np.random.default_rng(1).normal(size=(5, OBS))
-    ids = np.array([0, 1, 2, 2, 0])
     for deterministic in (True, False):
         np.testing.assert_array_equal(agent.act(obs, ids, deterministic),
                                       restored.act(obs, ids, deterministic))
-    batch = make_batch(IDS, seed=9)
+    batch = batch_for(9)
     (m1, td1), (m2, td2) = agent.update(batch), restored.update(batch)
     assert m1 == m2
     np.testing.assert_array_equal(td1, td2)
+
+
+@pytest.mark.parametrize("method", ["mtsac", "taper"])
+def test_state_dict_round_trip_gives_identical_outputs(method):
+    assert_round_trip_is_exact(
+        Agent(tiny(method), OBS, ACT, 3, "cpu"), Agent(tiny(method, seed=7), OBS, ACT, 3, "cpu"),
+        lambda seed: make_batch(IDS, seed=seed),
+        np.random.default_rng(1).normal(size=(5, OBS)), np.array([0, 1, 2, 2, 0]))
 
 
 def test_a_checkpoint_from_another_device_type_loads_with_a_fresh_random_stream():
