@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from taper.train import _read_checkpoint, load_agent, make_buffer
+from taper import suites
+from taper.config import Config
+from taper.train import load_checkpoint, make_agent, make_buffer
 
 
 def inspect(run_dir: Path, batches: int) -> None:
-    cfg, spec, agent, step = load_agent(run_dir, "cpu")
-    buf = make_buffer(cfg, spec)
-    buf.load_state_dict(_read_checkpoint(run_dir)["replay"])
+    cfg = Config.load(run_dir)
+    spec = suites.suite_spec(cfg.suite, cfg.episode_length)
+    agent, buf = make_agent(cfg, spec, torch.device("cpu")), make_buffer(cfg, spec)
+    step = load_checkpoint(run_dir, agent, buf).step         # one read of checkpoint.pt
     k = cfg.batch_size
     print(f"{run_dir} ({cfg.method} + {cfg.sampler}, step {step})")
     print(f"  quotas of K = {k}: {buf.quotas(k).tolist()}")

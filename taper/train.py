@@ -65,8 +65,7 @@ def train(cfg: Config, resume: str | Path | None = None, *,
     device = resolve_device(cfg.device)
     write_provenance(run_dir, "start" if resume is None else "resume", device.type, command)
     torch.manual_seed(cfg.seed)
-    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, device,
-                  task_names=spec.task_names)
+    agent = make_agent(cfg, spec, device)
     buf = make_buffer(cfg, spec)
     state = LoopState(rng=np.random.default_rng(cfg.seed))
     if resume is not None:
@@ -311,14 +310,19 @@ def load_agent(run_dir: str | Path,
     run_dir = Path(run_dir)
     cfg = Config.load(run_dir)
     spec = suites.suite_spec(cfg.suite, cfg.episode_length)
-    agent = Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks,
-                  resolve_device(device or cfg.device), task_names=spec.task_names)
+    agent = make_agent(cfg, spec, resolve_device(device or cfg.device))
     checkpoint = _read_checkpoint(run_dir)
     agent.load_state_dict(checkpoint["agent"])
     return cfg, spec, agent, checkpoint["step"]
 
 
 # ---------------------------------------------------------------------- set-up
+def make_agent(cfg: Config, spec: suites.SuiteSpec, device: torch.device) -> Agent:
+    """The agent of `cfg` for the suite `spec` on `device` (fresh weights from cfg.seed)."""
+    return Agent(cfg, spec.obs_dim, spec.act_dim, spec.num_tasks, device,
+                 task_names=spec.task_names)
+
+
 def make_buffer(cfg: Config, spec: suites.SuiteSpec) -> ReplayBuffer:
     """The replay buffer of `cfg`: buffer_size // N per task, quota bounds of Eq. 5 filled in."""
     k_min, k_max = cfg.quota_bounds(spec.num_tasks)
