@@ -105,7 +105,8 @@ _CONFIG_OPTIONS = (
     click.option("--unique-lr", type=float, help="Adam learning rate of the unique-feature MLP."),
     click.option("--triplet-margin", type=float, help="Margin m of Eq. 1.  [default: 1.0]"),
     click.option("--unique-sac-grad/--no-unique-sac-grad", default=None,
-                 help="Let SAC gradients into the unique-feature MLP (ablation).  [default: off]"),
+                 help="Train the unique-feature MLP by SAC's losses as well as Eq. 1; off: "
+                      "only Eq. 1 (SAC sees u.detach()).  [default: on]"),
     click.option("--unique-normalize/--no-unique-normalize", default=None,
                  help="u on the unit sphere, f(s)/||f(s)|| (FaceNet); off: the raw MLP output.  "
                       "[default: off]"),

@@ -132,14 +132,15 @@ def test_method_and_sampler_options_map_one_to_one_onto_config(tmp_path, capture
     args = ["train", "--preset", "cpu-small", "--device", "cpu", "--out", str(tmp_path / "r"),
             "--method", "paco", "--sampler", "per", "--per-alpha", "0.7", "--per-beta", "0.5",
             "--num-param-sets", "3", "--unique-dim", "8", "--triplet-margin", "0.5",
-            "--unique-sac-grad", "--unique-normalize", "--extreme-loss-threshold", "100",
+            "--no-unique-sac-grad", "--unique-normalize", "--extreme-loss-threshold", "100",
             "--k-min", "2", "--k-max", "40", "--hidden-sizes", "32,32,32"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
     assert (cfg.method, cfg.sampler, cfg.per_alpha, cfg.per_beta) == ("paco", "per", 0.7, 0.5)
     assert (cfg.num_param_sets, cfg.unique_dim, cfg.triplet_margin) == (3, 8, 0.5)
-    assert cfg.unique_sac_grad and cfg.extreme_loss_threshold == 100
+    assert not cfg.unique_sac_grad and Config().unique_sac_grad
+    assert cfg.extreme_loss_threshold == 100
     assert cfg.unique_normalize and not Config().unique_normalize
     assert (cfg.k_min, cfg.k_max, cfg.hidden_sizes) == (2, 40, (32, 32, 32))
 

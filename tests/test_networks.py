@@ -141,9 +141,9 @@ def test_methods_wire_the_task_in_as_documented():
     assert torch.equal(features["paco"][0], obs)                                 # s only
     taper, u = features["taper"]
     assert taper.shape == (3, 9) and torch.equal(taper[:, :5], obs)              # [s, u]
-    assert u.requires_grad and not taper.requires_grad                           # u.detach()
-    ablation = SharedUnique(replace(cfg, unique_sac_grad=True), 5, 2)
-    assert ablation.features(obs, groups)[0].requires_grad
+    assert u.requires_grad and taper.requires_grad                               # SAC trains f
+    detached, u = SharedUnique(replace(cfg, unique_sac_grad=False), 5, 2).features(obs, groups)
+    assert u.requires_grad and not detached.requires_grad                        # u.detach()
 
 
 def test_unique_features_lie_on_the_unit_sphere_when_switched_on():

@@ -200,6 +200,20 @@ def test_one_update_changes_every_parameter_and_keeps_them_finite(method):
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
 
 
+@pytest.mark.parametrize("sac_grad", [True, False])
+def test_sac_losses_train_the_unique_features_only_when_switched_on(sac_grad):
+    """Config.unique_sac_grad: the critic's and actor's losses reach f; off, they do not (Eq. 1
+    alone trains f then, tests/test_networks.py)."""
+    agent = Agent(tiny("taper", unique_sac_grad=sac_grad), OBS, ACT, 3, "cpu")
+    staged, groups, _ = agent._stage(make_batch(IDS))
+    losses = agent._losses(staged, groups)
+    f = list(agent.method.unique.parameters())
+    for name in ("loss/critic", "loss/actor"):
+        grads = torch.autograd.grad(losses.metrics[name], f, retain_graph=True, allow_unused=True)
+        reached = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+        assert reached == sac_grad, name
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_target_critics_take_a_tau_step_toward_the_updated_critics(method):
     """target <- (1 - tau) target + tau critic, with the critic after its optimizer step; the

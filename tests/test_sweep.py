@@ -89,7 +89,7 @@ def test_train_args_rebuild_the_config(tmp_path, monkeypatch):
                         lambda cfg, resume=None: configs.append(cfg) or cfg.out)
     cfg = Config.from_preset("cpu-small", **{**TINY, "deterministic": False},
                              method="paco", sampler="per", seed=7, lr=1.5e-4, k_min=1,
-                             unique_sac_grad=True, out=str(tmp_path / "run"))
+                             unique_sac_grad=False, out=str(tmp_path / "run"))
     result = CliRunner().invoke(main, ["train", *sweep.train_args(cfg)])
     assert result.exit_code == 0, result.output
     assert configs == [cfg]

@@ -10,9 +10,10 @@ Wiring, per state s of task i:
     critics  Q_j(s, a, i) = g_Qj([s, u, a];  theta_i = Phi_Qj     w_i),  j = 1, 2
 
 i.e. the shared-feature branch of Fig. 2 is PaCo's compositional network and its input is the
-concatenation of the state with the unique feature u. f is trained only by the triplet loss of
-Eq. 1 (Algorithm 1, line 13) with its own Adam; SAC sees `u.detach()` unless
-`Config.unique_sac_grad` (ablation) lets the SAC gradients into f as well.
+concatenation of the state with the unique feature u. f has its own Adam and is trained by the
+triplet loss of Eq. 1 (Algorithm 1, line 13) and, with `Config.unique_sac_grad` (the default),
+by the actor's and critics' losses too; with it off SAC sees `u.detach()` and only Eq. 1
+shapes f.
 """
 
 from __future__ import annotations
