@@ -7,8 +7,8 @@ import json
 
 import click
 
-from taper.config import (DEVICES, METHODS, PRESETS, PRIORITY_SCALES, REWARD_VERSIONS, SAMPLERS,
-                          Config, preset_for)
+from taper.config import (DEVICES, LOG_STD_HEADS, METHODS, PRESETS, PRIORITY_SCALES,
+                          REWARD_VERSIONS, SAMPLERS, Config, preset_for)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,6 +88,9 @@ _CONFIG_OPTIONS = (
                  help="Initial entropy temperature alpha.  [default: 1.0]"),
     click.option("--log-alpha-min", type=float, help="Lower clamp of log alpha."),
     click.option("--log-alpha-max", type=float, help="Upper clamp of log alpha."),
+    click.option("--log-std-head", type=click.Choice(LOG_STD_HEADS),
+                 help="Policy log std: tanh-rescaled into [-5, 2] (CleanRL) or clamped to "
+                      "[-20, 2] (SB3).  [default: tanh]"),
     click.option("--reward-version", type=click.Choice(REWARD_VERSIONS),
                  help="Metaworld reward function version.  [default: v2]"),
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),

@@ -17,6 +17,7 @@ SAMPLERS = ("uniform", "average", "per", "ta-per")
 DEVICES = ("auto", "cpu", "cuda")
 REWARD_VERSIONS = ("v1", "v2")
 PRIORITY_SCALES = ("none", "task")
+LOG_STD_HEADS = ("tanh", "clamp")
 PRESETS = {
     # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env,
     # PaCo's alpha learning rate 1e-4 (tuned for 2M steps).
@@ -114,6 +115,10 @@ class Config:
     """Lower clamp of log alpha (PaCo)."""
     log_alpha_max: float = 0.0
     """Upper clamp of log alpha (PaCo)."""
+    log_std_head: str = "tanh"
+    """The policy's log std from its raw output (`sac.log_std_of`): tanh, tanh-rescaled into
+    [-5, 2] (CleanRL; starts at std 0.22); clamp, clamped to [-20, 2] (SB3, Spinning Up, the
+    independent MT-SAC; starts at std 1)."""
 
     episode_length: int = 150
     """Steps per training and evaluation episode (PaCo/MOORE: 150; metaworld's own: 500)."""
@@ -199,6 +204,7 @@ class Config:
         _check_choice("preset", self.preset, tuple(PRESETS))
         _check_choice("reward_version", self.reward_version, REWARD_VERSIONS)
         _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
+        _check_choice("log_std_head", self.log_std_head, LOG_STD_HEADS)
         if self.method == "care" and self.suite.startswith("gym:"):
             raise ValueError(f"method='care' needs written task descriptions and "
                              f"suite={self.suite!r} has none; use a metaworld suite")

@@ -44,8 +44,19 @@ from taper.config import Config
 from taper.methods import make_method
 from taper.networks import TaskGroups, detached, task_groups
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-"""Range of the policy's log standard deviation (tanh-rescaled, as in CleanRL)."""
+LOG_STD_RANGES = {"tanh": (-5.0, 2.0), "clamp": (-20.0, 2.0)}
+"""Range of the policy's log standard deviation per `Config.log_std_head`: tanh-rescaled into
+[-5, 2] (CleanRL), or the raw output clamped to [-20, 2] (SB3, Spinning Up)."""
+
+
+def log_std_of(raw: Tensor, head: str) -> Tensor:
+    """The policy's log std from the network's raw output: "tanh",
+    lo + (hi - lo)(tanh(raw) + 1)/2, which starts near the middle of [-5, 2] (std 0.22); "clamp", raw clamped to [-20, 2], which
+    starts near 0 (std 1) and passes no gradient outside the range."""
+    low, high = LOG_STD_RANGES[head]
+    if head == "tanh":
+        return low + 0.5 * (high - low) * (torch.tanh(raw) + 1.0)
+    return raw.clamp(low, high)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,18 +71,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def squashed_gaussian(out: Tensor, generator: torch.Generator,
-                      deterministic: bool = False) -> tuple[Tensor, Tensor | None]:
+def squashed_gaussian(out: Tensor, generator: torch.Generator, deterministic: bool = False,
+                      log_std_head: str = "tanh") -> tuple[Tensor, Tensor | None]:
     """Tanh-Gaussian policy head: (B, 2A) network output -> (action (B, A), log pi (B,) or None).
 
     deterministic: tanh(mean), no draw, no log-prob. Otherwise a reparameterised draw
-    tanh(mean + std * eps) with the change-of-variables correction
+    tanh(mean + std * eps), log std from the second half by `log_std_of`, with the change-of-variables correction
     log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)).
     """
     mean, raw = out.chunk(2, dim=-1)
     if deterministic:
         return torch.tanh(mean), None
-    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
+    log_std = log_std_of(raw, log_std_head)
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     pre = mean + log_std.exp() * eps
     log_prob = (-0.5 * eps.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
@@ -260,7 +271,8 @@ class Agent:
             obs = obs[order]
         features, _ = self.method.features(torch.from_numpy(obs).to(self.device), groups)
         out = self.actor(features, self.method.task_weights(), groups)[0]
-        actions = squashed_gaussian(out, self.generator, deterministic)[0].cpu().numpy()
+        actions = squashed_gaussian(out, self.generator, deterministic,
+                                    self.cfg.log_std_head)[0].cpu().numpy()
         if order is None:
             return actions
         result = np.empty_like(actions)
@@ -295,7 +307,8 @@ class Agent:
         with torch.no_grad():
             next_features, _ = method.features(next_obs, groups)
             next_actions, next_log_pi = squashed_gaussian(
-                self.actor(next_features, w, groups, actor_params)[0], gen)
+                self.actor(next_features, w, groups, actor_params)[0], gen,
+                log_std_head=cfg.log_std_head)
             next_q = self.critic_target(torch.cat([next_features, next_actions], dim=-1),
                                         w, groups).squeeze(-1)
             target = soft_target(next_q, next_log_pi, alpha, rewards, dones, cfg.gamma)
@@ -305,7 +318,8 @@ class Agent:
                         critic_params).squeeze(-1)
         critic, critic_info = critic_loss(q, target, weights)
         actions_pi, log_pi = squashed_gaussian(
-            self.actor(method.actor_input(features), w, groups, actor_params)[0], gen)
+            self.actor(method.actor_input(features), w, groups, actor_params)[0], gen,
+            log_std_head=cfg.log_std_head)
         with frozen(self.critic):
             q_pi = self.critic(torch.cat([features.detach(), actions_pi], dim=-1),
                                None if w is None else w.detach(), groups,

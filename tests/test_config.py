@@ -41,7 +41,8 @@ def test_quota_bounds_default_to_a_quarter_and_four_times_the_even_share():
     (dict(steps_per_env=-1), "steps_per_env=-1"), (dict(gamma=1.0), "gamma=1.0"),
     (dict(per_beta=2.0), "per_beta=2.0"), (dict(hidden_sizes=(64, 0)), "hidden_sizes"),
     (dict(k_min=-1), "k_min=-1"), (dict(device="tpu"), "device='tpu'"),
-    (dict(triplet_margin=0.0), "triplet_margin=0.0")])
+    (dict(triplet_margin=0.0), "triplet_margin=0.0"),
+    (dict(log_std_head="exp"), "log_std_head='exp' is not one of tanh, clamp")])
 def test_bad_values_raise_naming_the_value(overrides, named):
     with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(".", r"\.")):
         Config(**overrides)

@@ -15,7 +15,8 @@ from scipy.optimize import nnls
 from taper.config import Config
 from taper.networks import CompositionalLinear, task_groups
 from taper.replay import Batch
-from taper.sac import LOG_STD_MAX, LOG_STD_MIN, Agent, critic_loss, resolve_device
+from taper.sac import (LOG_STD_RANGES, Agent, critic_loss, log_std_of, resolve_device,
+                       squashed_gaussian)
 
 METHODS = ("mtsac", "paco", "taper")
 OBS, ACT = 3, 2
@@ -158,6 +159,37 @@ def test_log_alpha_is_clamped():
     assert metrics["alpha/1"] == pytest.approx(np.exp(-0.15), rel=1e-6)
 
 
+def test_log_std_heads_map_the_raw_output_into_their_ranges():
+    """tanh: lo + (hi - lo)(tanh(raw) + 1)/2, inside (-5, 2) with gradient everywhere; clamp: the
+    raw output inside [-20, 2], the bound and no gradient outside."""
+    raw = torch.tensor([-30.0, -3.0, 0.0, 1.5, 9.0], requires_grad=True)
+    tanh = log_std_of(raw, "tanh")
+    low, high = LOG_STD_RANGES["tanh"]
+    expected = low + (high - low) * (torch.tanh(raw.detach()) + 1) / 2
+    np.testing.assert_allclose(tanh.detach(), expected, rtol=1e-6)
+    assert tanh[2].item() == pytest.approx(-1.5)
+    clamp = log_std_of(raw, "clamp")
+    np.testing.assert_allclose(clamp.detach(), [-20.0, -3.0, 0.0, 1.5, 2.0])
+    clamp.sum().backward()
+    np.testing.assert_allclose(raw.grad, [0.0, 1.0, 1.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("head, log_std", [("tanh", -1.5), ("clamp", 0.0)])
+def test_the_policy_draws_with_the_log_std_of_its_head(head, log_std):
+    """With a raw output of 0 the pre-tanh draws have std exp(-1.5) (tanh head) or 1 (clamp head),
+    and log pi is the squashed Gaussian's density of those draws."""
+    out = torch.zeros(20_000, 2 * ACT)
+    gen = torch.Generator().manual_seed(0)
+    actions, log_pi = squashed_gaussian(out, gen, log_std_head=head)
+    pre = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+    assert pre.std().item() == pytest.approx(math.exp(log_std), rel=0.03)
+    gaussian = (-0.5 * (pre / math.exp(log_std)) ** 2 - log_std
+                - 0.5 * math.log(2 * math.pi)).sum(-1)
+    expected = gaussian - torch.log(1 - actions.square()).sum(-1)
+    keep = actions.abs().max(-1).values < 0.999                 # away from float32's tanh limit
+    np.testing.assert_allclose(log_pi[keep], expected[keep], rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("log_std, rises", [(-4.5, True), (0.0, False)])
 def test_log_alpha_rises_below_the_target_entropy_and_falls_above(log_std, rises):
     """Every row's policy is tanh(N(0, exp(log_std)^2)): at log std -4.5 its entropy is far below
@@ -169,8 +201,8 @@ def test_log_alpha_rises_below_the_target_entropy_and_falls_above(log_std, rises
     with torch.no_grad():                          # output = bias: mean 0, the raw log std
         head.weight.zero_()
         head.bias.zero_()
-        head.bias[..., ACT:] = math.atanh(
-            2 * (log_std - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN) - 1)
+        low, high = LOG_STD_RANGES["tanh"]
+        head.bias[..., ACT:] = math.atanh(2 * (log_std - low) / (high - low) - 1)
     before = agent.log_alpha.detach().clone()
     metrics, _ = agent.update(make_batch(IDS))
     assert (metrics["stats/entropy"] < -ACT) == rises
