@@ -50,9 +50,12 @@ LOG_STD_RANGES = {"tanh": (-5.0, 2.0), "clamp": (-20.0, 2.0)}
 
 
 def log_std_of(raw: Tensor, head: str) -> Tensor:
-    """The policy's log std from the network's raw output: "tanh",
-    lo + (hi - lo)(tanh(raw) + 1)/2, which starts near the middle of [-5, 2] (std 0.22); "clamp", raw clamped to [-20, 2], which
-    starts near 0 (std 1) and passes no gradient outside the range."""
+    """The policy's log std from the network's raw output.
+
+    "tanh": lo + (hi - lo)(tanh(raw) + 1)/2, which starts near the middle of [-5, 2] (std 0.22);
+    "clamp": raw clamped to [-20, 2], which starts near 0 (std 1) and passes no gradient outside
+    the range.
+    """
     low, high = LOG_STD_RANGES[head]
     if head == "tanh":
         return low + 0.5 * (high - low) * (torch.tanh(raw) + 1.0)
