@@ -73,9 +73,10 @@ def hand_body(body, x: np.ndarray, ids: np.ndarray, w: np.ndarray | None) -> np.
     return np.concatenate(out, axis=1)
 
 
-@pytest.mark.parametrize("method", ["mtsac", "paco"])
-def test_td_errors_are_eq2_by_hand(method):
-    cfg = tiny(method, hidden_sizes=(4,), gamma=0.9, init_temperature=0.5)
+@pytest.mark.parametrize("method, head", [("mtsac", "tanh"), ("paco", "tanh"),
+                                          ("mtsac", "clamp"), ("paco", "clamp")])
+def test_td_errors_are_eq2_by_hand(method, head):
+    cfg = tiny(method, hidden_sizes=(4,), gamma=0.9, init_temperature=0.5, log_std_head=head)
     agent = Agent(cfg, OBS, ACT, 3, "cpu")
     batch = make_batch(IDS)
     w = None if method == "mtsac" else agent.method.w.detach().double().numpy()
@@ -88,7 +89,7 @@ def test_td_errors_are_eq2_by_hand(method):
         agent.generator.get_state())).double().numpy()
     out = hand_body(agent.actor, next_features, IDS, w)[0]
     mean, raw = out[:, :ACT], out[:, ACT:]
-    log_std = -5.0 + 3.5 * (np.tanh(raw) + 1.0)
+    log_std = -5.0 + 3.5 * (np.tanh(raw) + 1.0) if head == "tanh" else np.clip(raw, -20.0, 2.0)
     pre = mean + np.exp(log_std) * noise
     next_action = np.tanh(pre)
     log_pi = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)
@@ -190,19 +191,21 @@ def test_the_policy_draws_with_the_log_std_of_its_head(head, log_std):
     np.testing.assert_allclose(log_pi[keep], expected[keep], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("head", ["tanh", "clamp"])
 @pytest.mark.parametrize("log_std, rises", [(-4.5, True), (0.0, False)])
-def test_log_alpha_rises_below_the_target_entropy_and_falls_above(log_std, rises):
+def test_log_alpha_rises_below_the_target_entropy_and_falls_above(log_std, rises, head):
     """Every row's policy is tanh(N(0, exp(log_std)^2)): at log std -4.5 its entropy is far below
     the target -|A|, at 0 far above; log alpha starts between its clamps."""
     cfg = tiny("mtsac", init_temperature=0.1, alpha_lr=0.01, log_alpha_min=-10.0,
-               log_alpha_max=1.0)
+               log_alpha_max=1.0, log_std_head=head)
     agent = Agent(cfg, OBS, ACT, 3, "cpu")
-    head = agent.actor.layers[-1]
+    last = agent.actor.layers[-1]
+    low, high = LOG_STD_RANGES[head]
+    raw = math.atanh(2 * (log_std - low) / (high - low) - 1) if head == "tanh" else log_std
     with torch.no_grad():                          # output = bias: mean 0, the raw log std
-        head.weight.zero_()
-        head.bias.zero_()
-        low, high = LOG_STD_RANGES["tanh"]
-        head.bias[..., ACT:] = math.atanh(2 * (log_std - low) / (high - low) - 1)
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[..., ACT:] = raw
     before = agent.log_alpha.detach().clone()
     metrics, _ = agent.update(make_batch(IDS))
     assert (metrics["stats/entropy"] < -ACT) == rises
