@@ -89,8 +89,8 @@ _CONFIG_OPTIONS = (
     click.option("--log-alpha-min", type=float, help="Lower clamp of log alpha."),
     click.option("--log-alpha-max", type=float, help="Upper clamp of log alpha."),
     click.option("--log-std-head", type=click.Choice(LOG_STD_HEADS),
-                 help="Policy log std: tanh-rescaled into [-5, 2] (CleanRL) or clamped to "
-                      "[-20, 2] (SB3).  [default: tanh]"),
+                 help="Policy log std: clamped to [-20, 2] (SB3) or tanh-rescaled into "
+                      "[-5, 2] (CleanRL).  [default: clamp]"),
     click.option("--reward-version", type=click.Choice(REWARD_VERSIONS),
                  help="Metaworld reward function version.  [default: v2]"),
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),

@@ -44,9 +44,9 @@ from taper.config import Config
 from taper.methods import make_method
 from taper.networks import TaskGroups, detached, task_groups
 
-LOG_STD_RANGES = {"tanh": (-5.0, 2.0), "clamp": (-20.0, 2.0)}
-"""Range of the policy's log standard deviation per `Config.log_std_head`: tanh-rescaled into
-[-5, 2] (CleanRL), or the raw output clamped to [-20, 2] (SB3, Spinning Up)."""
+LOG_STD_RANGES = {"clamp": (-20.0, 2.0), "tanh": (-5.0, 2.0)}
+"""Range of the policy's log standard deviation per `Config.log_std_head`: the raw output
+clamped to [-20, 2] (SB3, Spinning Up), or tanh-rescaled into [-5, 2] (CleanRL)."""
 
 
 def log_std_of(raw: Tensor, head: str) -> Tensor:
@@ -74,8 +74,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def squashed_gaussian(out: Tensor, generator: torch.Generator, deterministic: bool = False,
-                      log_std_head: str = "tanh") -> tuple[Tensor, Tensor | None]:
+def squashed_gaussian(out: Tensor, generator: torch.Generator, deterministic: bool = False, *,
+                      log_std_head: str) -> tuple[Tensor, Tensor | None]:
     """Tanh-Gaussian policy head: (B, 2A) network output -> (action (B, A), log pi (B,) or None).
 
     deterministic: tanh(mean), no draw, no log-prob. Otherwise a reparameterised draw
@@ -275,7 +275,7 @@ class Agent:
         features, _ = self.method.features(torch.from_numpy(obs).to(self.device), groups)
         out = self.actor(features, self.method.task_weights(), groups)[0]
         actions = squashed_gaussian(out, self.generator, deterministic,
-                                    self.cfg.log_std_head)[0].cpu().numpy()
+                                    log_std_head=self.cfg.log_std_head)[0].cpu().numpy()
         if order is None:
             return actions
         result = np.empty_like(actions)
