@@ -175,10 +175,13 @@ def test_pcgrad_without_conflict_is_mtsac():
 
 def test_pcgrad_changes_the_gradient_only_where_tasks_conflict():
     """Rewards +5 / -5 / 0 by task pull the critics' task gradients apart (some pairs conflict);
-    the actor's task gradients all agree at this init, so its gradient stays MT-SAC's."""
+    the actor's task gradients all agree at this init (seed 0, log std tanh-rescaled, so the
+    policy starts narrow and the entropy term pulls every task alike), so its gradient stays
+    MT-SAC's."""
     batch = make_batch(IDS)
     batch.rewards[:] = np.array([5.0, -5.0, 0.0])[IDS]
-    plain, surgery = (Agent(tiny(m), OBS, ACT, 3, "cpu") for m in ("mtsac", "pcgrad"))
+    plain, surgery = (Agent(tiny(m, log_std_head="tanh"), OBS, ACT, 3, "cpu")
+                      for m in ("mtsac", "pcgrad"))
     plain.update(batch)
     surgery.update(batch)
     actor = len(list(plain.actor.parameters()))
