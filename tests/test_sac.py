@@ -410,12 +410,12 @@ TARGETS = np.array([-0.6, 0.1, 0.7])
 
 
 def bandit_means(cfg: Config) -> np.ndarray:
-    """reward = -(a - target_i)^2, every episode one step: 250 updates of an agent of `cfg`
+    """reward = -(a - target_i)^2, every episode one step: 600 updates of an agent of `cfg`
     (batch 48, three tasks), then the mean deterministic action per task, (3,)."""
     agent = Agent(cfg, OBS, 1, 3, "cpu")
     rng = np.random.default_rng(0)
     ids = np.repeat(np.arange(3), 16)
-    for _ in range(250):
+    for _ in range(600):
         obs = rng.normal(size=(48, OBS)).astype(np.float32)
         actions = rng.uniform(-1, 1, (48, 1)).astype(np.float32)
         rewards = (-(actions[:, 0] - TARGETS[ids]) ** 2).astype(np.float32)
