@@ -79,8 +79,8 @@ def squashed_gaussian(out: Tensor, generator: torch.Generator, deterministic: bo
     """Tanh-Gaussian policy head: (B, 2A) network output -> (action (B, A), log pi (B,) or None).
 
     deterministic: tanh(mean), no draw, no log-prob. Otherwise a reparameterised draw
-    tanh(mean + std * eps), log std from the second half by `log_std_of`, with the change-of-variables correction
-    log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)).
+    tanh(mean + std * eps), log std from the second half by `log_std_of`, with the
+    change-of-variables correction log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)).
     """
     mean, raw = out.chunk(2, dim=-1)
     if deterministic:
