@@ -8,7 +8,8 @@ import json
 import click
 
 from taper.config import (DEVICES, LOG_STD_HEADS, METHODS, PRESETS, PRIORITY_SCALES,
-                          REWARD_VERSIONS, SAMPLERS, Config, preset_for)
+                          REWARD_VERSIONS, SAMPLERS, UPDATE_ORDERS, Config,
+                          preset_for)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,6 +92,9 @@ _CONFIG_OPTIONS = (
     click.option("--log-std-head", type=click.Choice(LOG_STD_HEADS),
                  help="Policy log std: clamped to [-20, 2] (SB3) or tanh-rescaled into "
                       "[-5, 2] (CleanRL).  [default: clamp]"),
+    click.option("--update-order", type=click.Choice(UPDATE_ORDERS),
+                 help="joint: one backward of every loss (PaCo); critic-first: the actor "
+                      "climbs the critics after their step (SB3).  [default: joint]"),
     click.option("--reward-version", type=click.Choice(REWARD_VERSIONS),
                  help="Metaworld reward function version.  [default: v2]"),
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),

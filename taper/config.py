@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 REWARD_VERSIONS = ("v1", "v2")
 PRIORITY_SCALES = ("none", "task")
 LOG_STD_HEADS = ("tanh", "clamp")
+UPDATE_ORDERS = ("joint", "critic-first")
 PRESETS = {
     # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env,
     # PaCo's alpha learning rate 1e-4 (tuned for 2M steps).
@@ -121,6 +122,13 @@ class Config:
     [-5, 2] (CleanRL; starts at std 0.22). clamp measured better for taper on MT10-rand at 100k
     steps (README, "Log σ head")."""
 
+    update_order: str = "joint"
+    """joint: every loss from the same parameters, one backward, every optimizer steps (PaCo's
+    code); critic-first: the critic steps first, then the actor and alpha losses are taken
+    against the updated critics (SB3, Spinning Up, the independent MT-SAC). Either way the
+    method's own parameters (w, u) step once, on the sum of both phases' gradients
+    (`sac.Agent.update`)."""
+
     episode_length: int = 150
     """Steps per training and evaluation episode (PaCo/MOORE: 150; metaworld's own: 500)."""
     reward_version: str = "v2"
@@ -206,6 +214,7 @@ class Config:
         _check_choice("reward_version", self.reward_version, REWARD_VERSIONS)
         _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
         _check_choice("log_std_head", self.log_std_head, LOG_STD_HEADS)
+        _check_choice("update_order", self.update_order, UPDATE_ORDERS)
         if self.method == "care" and self.suite.startswith("gym:"):
             raise ValueError(f"method='care' needs written task descriptions and "
                              f"suite={self.suite!r} has none; use a metaworld suite")

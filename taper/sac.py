@@ -1,9 +1,11 @@
 """Multi-task SAC: the losses as pure functions, and the `Agent` that chains them.
 
-One update (`Agent.update`) in three steps: all losses from the same parameters
-(`Agent._losses`), the method's backward (one backward of the total, as PaCo's code does; PCGrad
-projects per-task gradients) and every optimizer steps (`Agent._step`),
-one device-to-host transfer of metrics and td errors together (`Agent._to_host`):
+One update (`Agent.update`, `cfg.update_order = "joint"`) in three steps: all losses from the
+same parameters (`Agent._losses`), the method's backward (one backward of the total, as PaCo's
+code does; PCGrad projects per-task gradients) and every optimizer steps (`Agent._step`),
+one device-to-host transfer of metrics and td errors together (`Agent._to_host`). With
+"critic-first" (`Agent._critic_first`, as SB3 and Spinning Up order it) the critics step on
+their loss first and the actor and alpha losses below are taken against the updated critics:
 
     a' ~ pi(.|s'),  y = r + gamma (1 - done) (min_j Qtarg_j(s', a') - alpha_i log pi(a'|s'))
     critic  = w_IS * sum_j (Q_j(s, a) - y)^2                   (IS-weighted; td error, Eq. 2:
@@ -291,64 +293,143 @@ class Agent:
         alpha/<task>, stats/q, stats/entropy, stats/td_error; paco and taper add paco/resets
         and paco/reset/<task> = 1.0 for each task reset this step; taper adds loss/triplet and
         triplet/active_fraction.
+
+        `cfg.update_order`: "joint" takes every loss from the same parameters and steps once
+        (`_losses`, `_step`); "critic-first" (`_critic_first`) steps the critics on the critic
+        and auxiliary losses, then takes the actor and alpha losses against the updated
+        critics and steps the rest.
         """
         staged, groups, order = self._stage(batch)
-        losses = self._losses(staged, groups)
-        self._step(losses, groups)
+        if self.cfg.update_order == "critic-first":
+            losses = self._critic_first(staged, groups)
+        else:
+            losses = self._losses(staged, groups)
+            self._step(losses, groups)
         return self._to_host(losses, order)
 
-    def _losses(self, staged: tuple[Tensor, ...], groups: TaskGroups) -> Losses:
-        """All losses from the current parameters (the module docstring's update, line by line)."""
+    def _critic_terms(self, staged: tuple[Tensor, ...], groups: TaskGroups, w: Tensor | None,
+                      actor_params: list | None, critic_params: list | None):
+        """(features, unique, log alpha (K,), q (2, K), per-sample critic loss, its info): the
+        soft target y from the target critics and a' ~ pi(.|s'), then Q_j(s, a) against it."""
         obs, actions, rewards, next_obs, dones, weights = staged
-        cfg, method, gen = self.cfg, self.method, self.generator
-        w = method.task_weights()
+        cfg, method = self.cfg, self.method
         log_alpha = groups.one_hot @ self.log_alpha                    # (K,) the row's task
-        alpha = log_alpha.detach().exp()
-        actor_params = self.actor.params(w, groups)          # composed once, used twice
-        critic_params = self.critic.params(w, groups)
-
         with torch.no_grad():
             next_features, _ = method.features(next_obs, groups)
             next_actions, next_log_pi = squashed_gaussian(
-                self.actor(next_features, w, groups, actor_params)[0], gen,
+                self.actor(next_features, w, groups, actor_params)[0], self.generator,
                 log_std_head=cfg.log_std_head)
             next_q = self.critic_target(torch.cat([next_features, next_actions], dim=-1),
                                         w, groups).squeeze(-1)
-            target = soft_target(next_q, next_log_pi, alpha, rewards, dones, cfg.gamma)
-
+            target = soft_target(next_q, next_log_pi, log_alpha.detach().exp(), rewards, dones,
+                                 cfg.gamma)
         features, unique = method.features(obs, groups)
         q = self.critic(torch.cat([features, actions], dim=-1), w, groups,
                         critic_params).squeeze(-1)
-        critic, critic_info = critic_loss(q, target, weights)
+        critic, info = critic_loss(q, target, weights)
+        return features, unique, log_alpha, q, critic, info
+
+    def _actor_terms(self, features: Tensor, groups: TaskGroups, w: Tensor | None,
+                     actor_params: list | None, critic_params: list | None,
+                     log_alpha: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(per-sample actor loss, per-sample alpha loss, actor info): a~ ~ pi(.|s) scored by
+        the critics, frozen (`critic_params` detached, or None to compose them here)."""
         actions_pi, log_pi = squashed_gaussian(
-            self.actor(method.actor_input(features), w, groups, actor_params)[0], gen,
-            log_std_head=cfg.log_std_head)
+            self.actor(self.method.actor_input(features), w, groups, actor_params)[0],
+            self.generator, log_std_head=self.cfg.log_std_head)
         with frozen(self.critic):
             q_pi = self.critic(torch.cat([features.detach(), actions_pi], dim=-1),
                                None if w is None else w.detach(), groups,
-                               detached(critic_params)).squeeze(-1)
-        actor, actor_info = actor_loss(q_pi, log_pi, alpha)
+                               critic_params).squeeze(-1)
+        actor, info = actor_loss(q_pi, log_pi, log_alpha.detach().exp())
         temperature, _ = alpha_loss(log_alpha, log_pi, self.target_entropy)
+        return actor, temperature, info
 
+    def _losses(self, staged: tuple[Tensor, ...], groups: TaskGroups) -> Losses:
+        """All losses from the current parameters (the module docstring's update, line by line)."""
+        method = self.method
+        w = method.task_weights()
+        actor_params = self.actor.params(w, groups)          # composed once, used twice
+        critic_params = self.critic.params(w, groups)
+        features, unique, log_alpha, q, critic, critic_info = self._critic_terms(
+            staged, groups, w, actor_params, critic_params)
+        actor, temperature, actor_info = self._actor_terms(
+            features, groups, w, actor_params, detached(critic_params), log_alpha)
         extreme = method.extreme_tasks(critic_info["squared_error"] + actor + temperature, groups)
-        if extreme is not None:                                        # PaCo: mask those tasks
-            keep = groups.one_hot @ (~extreme).to(critic.dtype)
-            critic, actor, temperature = critic * keep, actor * keep, temperature * keep
-        reweight = method.task_loss_weights(self.log_alpha.detach())
-        if reweight is not None:                                       # Soft-Mod: by alpha
-            scale = groups.one_hot @ reweight
-            critic, actor = critic * scale, actor * scale
-        metrics = {"loss/critic": critic.mean(), "loss/actor": actor.mean(),
-                   "loss/alpha": temperature.mean(), "stats/q": q.detach().mean(),
-                   "stats/entropy": actor_info["entropy"].mean(),
-                   "stats/td_error": critic_info["td_error"].mean()}
+        critic, actor, temperature = self._weigh(extreme, groups, critic, actor, temperature)
+        metrics = self._metrics(q, critic, actor, temperature, critic_info, actor_info)
         total = metrics["loss/critic"] + metrics["loss/actor"] + metrics["loss/alpha"]
-        auxiliary = method.auxiliary_loss(unique, groups, gen)
+        auxiliary = method.auxiliary_loss(unique, groups, self.generator)
         if auxiliary is not None:
             total = total + auxiliary[0]
             metrics.update(auxiliary[1])
         per_sample = {"critic": critic, "actor": actor, "alpha": temperature}
         return Losses(total, metrics, critic_info["td_error"], extreme, per_sample)
+
+    def _critic_first(self, staged: tuple[Tensor, ...], groups: TaskGroups) -> Losses:
+        """The critic-first update: critic and auxiliary losses -> backward -> the critics
+        step; then actor and alpha losses against the updated critics (features and w from
+        the method's parameters as they were, not yet stepped) -> backward -> every other
+        optimizer steps, the method's own on the gradients of both phases. PaCo's extreme
+        tasks are judged by the critic loss alone (the actor's is not known before the
+        critics step) and masked in both phases. Then the clamp, the targets, the resets."""
+        method, optimizers = self.method, self.optimizers
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        w = method.task_weights()
+        features, unique, log_alpha, q, critic, critic_info = self._critic_terms(
+            staged, groups, w, None, self.critic.params(w, groups))
+        extreme = method.extreme_tasks(critic_info["squared_error"], groups)
+        critic, _, _ = self._weigh(extreme, groups, critic, None, None)
+        total = critic.mean()
+        metrics = {}
+        auxiliary = method.auxiliary_loss(unique, groups, self.generator)
+        if auxiliary is not None:
+            total = total + auxiliary[0]
+            metrics.update(auxiliary[1])
+        method.backward(total, {"critic": critic}, groups, self._parameters, self.generator)
+        optimizers["critic"].step()
+
+        w = method.task_weights()
+        features, _ = method.features(staged[0], groups)
+        actor, temperature, actor_info = self._actor_terms(
+            features, groups, w, self.actor.params(w, groups), None, log_alpha)
+        _, actor, temperature = self._weigh(extreme, groups, None, actor, temperature)
+        second = actor.mean() + temperature.mean()
+        method.backward(second, {"actor": actor, "alpha": temperature}, groups,
+                        self._parameters, self.generator)
+        for name, optimizer in optimizers.items():
+            if name != "critic":
+                optimizer.step()
+        self._after_step(extreme)
+        metrics = {**self._metrics(q, critic, actor, temperature, critic_info, actor_info),
+                   **metrics}
+        per_sample = {"critic": critic, "actor": actor, "alpha": temperature}
+        return Losses(total.detach() + second.detach(), metrics, critic_info["td_error"],
+                      extreme, per_sample)
+
+    def _weigh(self, extreme: Tensor | None, groups: TaskGroups, critic: Tensor | None,
+               actor: Tensor | None, temperature: Tensor | None):
+        """The per-sample losses given (None: skipped) masked for PaCo's extreme tasks (all
+        three) and weighed by Soft-Mod's T softmax(-log alpha)_i (critic and actor)."""
+        if extreme is not None:                                        # PaCo: mask those tasks
+            keep = groups.one_hot @ (~extreme).to(self.log_alpha.dtype)
+            critic, actor, temperature = (None if x is None else x * keep
+                                          for x in (critic, actor, temperature))
+        reweight = self.method.task_loss_weights(self.log_alpha.detach())
+        if reweight is not None:                                       # Soft-Mod: by alpha
+            scale = groups.one_hot @ reweight
+            critic, actor = (None if x is None else x * scale for x in (critic, actor))
+        return critic, actor, temperature
+
+    @staticmethod
+    def _metrics(q: Tensor, critic: Tensor, actor: Tensor, temperature: Tensor,
+                 critic_info: dict[str, Tensor], actor_info: dict[str, Tensor]) -> dict:
+        """The SAC metrics of one update, as 0-d tensors."""
+        return {"loss/critic": critic.mean(), "loss/actor": actor.mean(),
+                "loss/alpha": temperature.mean(), "stats/q": q.detach().mean(),
+                "stats/entropy": actor_info["entropy"].mean(),
+                "stats/td_error": critic_info["td_error"].mean()}
 
     def _step(self, losses: Losses, groups: TaskGroups) -> None:
         """The method's backward (one backward of the total, or PCGrad's surgery), every
@@ -359,13 +440,17 @@ class Agent:
                              self.generator)
         for optimizer in self.optimizers.values():
             optimizer.step()
+        self._after_step(losses.extreme)
+
+    def _after_step(self, extreme: Tensor | None) -> None:
+        """log alpha clamped, the target critics moved toward the critics, PaCo's resets."""
         cfg = self.cfg
         with torch.no_grad():
             self.log_alpha.clamp_(cfg.log_alpha_min, cfg.log_alpha_max)
             for target, online in self._target_pairs:
                 target.lerp_(online, cfg.tau)         # target <- (1 - tau) target + tau online
-            if losses.extreme is not None:
-                self.method.reset_tasks(losses.extreme, self.generator)
+            if extreme is not None:
+                self.method.reset_tasks(extreme, self.generator)
 
     def _to_host(self, losses: Losses,
                  order: np.ndarray | None) -> tuple[dict[str, float], np.ndarray]:

@@ -215,9 +215,10 @@ def test_log_alpha_rises_below_the_target_entropy_and_falls_above(log_std, rises
 
 # ---- one update ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("order", ["joint", "critic-first"])
 @pytest.mark.parametrize("method", METHODS)
-def test_one_update_changes_every_parameter_and_keeps_them_finite(method):
-    agent = Agent(tiny(method), OBS, ACT, 3, "cpu")
+def test_one_update_changes_every_parameter_and_keeps_them_finite(method, order):
+    agent = Agent(tiny(method, update_order=order), OBS, ACT, 3, "cpu")
     before = snapshot(agent)
     metrics, td = agent.update(make_batch(IDS))
     after = snapshot(agent)
@@ -249,12 +250,13 @@ def test_sac_losses_train_the_unique_features_only_when_switched_on(sac_grad):
         assert reached == sac_grad, name
 
 
+@pytest.mark.parametrize("order", ["joint", "critic-first"])
 @pytest.mark.parametrize("method", METHODS)
-def test_target_critics_take_a_tau_step_toward_the_updated_critics(method):
+def test_target_critics_take_a_tau_step_toward_the_updated_critics(method, order):
     """target <- (1 - tau) target + tau critic, with the critic after its optimizer step; the
     targets start away from the critics, so tau and 1 - tau give different numbers."""
     tau = 0.3
-    agent = Agent(tiny(method, tau=tau), OBS, ACT, 3, "cpu")
+    agent = Agent(tiny(method, tau=tau, update_order=order), OBS, ACT, 3, "cpu")
     noise = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in agent.critic_target.parameters():
@@ -267,6 +269,44 @@ def test_target_critics_take_a_tau_step_toward_the_updated_critics(method):
         assert not torch.equal(online, before[name]), f"critic {name} did not step"
         torch.testing.assert_close(target, (1 - tau) * old[name] + tau * online.detach(),
                                    rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["mtsac", "paco"])
+def test_critic_first_steps_the_critics_as_joint_and_the_actor_against_the_updated_critics(
+        method):
+    """update_order="critic-first": the critics take joint's step (their loss is the same), and
+    the actor and log alpha the gradient joint takes from the updated critics: that of a joint
+    agent whose critics were set to the updated ones beforehand (same random draws: these
+    methods draw nothing between a' and a~). The actor's gradient differs from joint's.
+    (Gradients, not parameters: Adam's first step is lr * sign(g) and would hide the change.)"""
+    batch = make_batch(IDS, seed=5)
+    first = Agent(tiny(method, update_order="critic-first"), OBS, ACT, 3, "cpu")
+    joint = Agent(tiny(method), OBS, ACT, 3, "cpu")
+    probe = Agent(tiny(method), OBS, ACT, 3, "cpu")
+    td_first, td_joint = first.update(batch)[1], joint.update(batch)[1]
+    np.testing.assert_allclose(td_first, td_joint, rtol=1e-6)
+    probe.critic.load_state_dict(first.critic.state_dict())
+    probe.update(batch)
+
+    def grads(module: torch.nn.Module) -> list[torch.Tensor]:
+        return [p.grad.clone() for p in module.parameters()]
+
+    for a, b in zip(grads(first.critic), grads(joint.critic)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(snapshot(first).items(), snapshot(joint).items()):
+        if a[0].startswith("critic."):
+            torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-7, msg=a[0])
+    for a, c in zip(grads(first.actor) + [first.log_alpha.grad],
+                    grads(probe.actor) + [probe.log_alpha.grad]):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+    assert not all(torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+                   for a, b in zip(grads(first.actor), grads(joint.actor)))
+
+
+def test_update_order_is_checked():
+    with pytest.raises(ValueError, match="update_order='actor-first' is not one of joint, "
+                                         "critic-first"):
+        tiny("mtsac", update_order="actor-first")
 
 
 @pytest.mark.parametrize("method", ["paco", "taper"])
@@ -426,10 +466,12 @@ def bandit_means(cfg: Config) -> np.ndarray:
     return np.array([chosen[test_ids == t].mean() for t in range(3)])
 
 
+@pytest.mark.parametrize("order", ["joint", "critic-first"])
 @pytest.mark.parametrize("method", METHODS)
-def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method):
+def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method, order):
     """Q is the reward, pi's mean -> each task's target."""
-    cfg = tiny(method, hidden_sizes=(32, 32), lr=1e-2, alpha_lr=1e-2, batch_size=48)
+    cfg = tiny(method, hidden_sizes=(32, 32), lr=1e-2, alpha_lr=1e-2, batch_size=48,
+               update_order=order)
     np.testing.assert_allclose(bandit_means(cfg), TARGETS, atol=0.1)
 
 

@@ -69,8 +69,10 @@ class Method(nn.Module):
                  parameters: dict[str, list[nn.Parameter]], generator: torch.Generator) -> None:
         """Fill `.grad` of every parameter for this update (gradient surgery goes here).
 
-        total: the update's scalar loss, the sum of the means of `per_sample` ("critic",
-        "actor", "alpha": (K,) per-sample losses) and of the method's auxiliary loss;
+        total: the scalar loss of this backward, the sum of the means of `per_sample` ("critic",
+        "actor", "alpha": (K,) per-sample losses; the critic-first update passes the critic's
+        in its first backward and the other two in its second) and of the method's auxiliary
+        loss (in the first);
         parameters: the optimizer groups by name ("actor", "critic", "alpha", the method's own).
         Default: one backward of `total`.
         """

@@ -39,7 +39,7 @@ class PCGrad(MTSAC):
     def backward(self, total: Tensor, per_sample: dict[str, Tensor], groups: TaskGroups,
                  parameters: dict[str, list[nn.Parameter]], generator: torch.Generator) -> None:
         rest = total
-        for name in SURGERY:
+        for name in (n for n in SURGERY if n in per_sample):      # critic-first: one at a time
             loss, params = per_sample[name], parameters[name]
             task_loss = groups.one_hot.T @ loss / loss.shape[0]        # (T,), sums to loss.mean()
             grads = task_gradients(task_loss, params)
