@@ -3,10 +3,13 @@
     python benchmarks/bench_update.py                       # every preset's sizes, CPU
     python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper care
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
+    python benchmarks/bench_update.py --sizes cpu-hour --update-orders joint critic-first
 
 Rows, per size:
 - update/<method>: one `Agent.update` on a batch grouped by task (average sampler: K/N rows per
   task, contiguous), compositional layers on the grouped path (the default);
+- update/<method>/<order>: the same update in another `Config.update_order` (joint is the
+  default), for each order `--update-orders` names;
 - update/<method>/general: the same batch, per-task layers (compositional, single's) on the
   general path; this and the next three only for methods with a grouped path
   (`Method.prefers_grouped`: paco, taper, single);
@@ -25,6 +28,7 @@ act/mtsac for act rows, to layer/grouped for layer rows) in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -35,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taper.config import METHODS, PRESETS, Config  # noqa: E402
+from taper.config import METHODS, PRESETS, UPDATE_ORDERS, Config  # noqa: E402
 from taper.networks import CompositionalLinear, task_groups  # noqa: E402
 from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
@@ -110,6 +114,11 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
         agent = Agent(cfg, args.obs_dim, args.act_dim, n, device, task_names=task_names)
         cases[f"update/{method}"] = lambda a=agent: a.update(grouped)
         cases[f"act/{method}"] = lambda a=agent: a.act(vector_obs, vector_ids, False)
+        for order in args.update_orders:
+            if order != cfg.update_order:
+                other = Agent(dataclasses.replace(cfg, update_order=order), args.obs_dim,
+                              args.act_dim, n, device, task_names=task_names)
+                cases[f"update/{method}/{order}"] = lambda a=other: a.update(grouped)
         if agent.method.prefers_grouped(k, n):
             general = Agent(cfg, args.obs_dim, args.act_dim, n, device, grouped=False)
             cases[f"update/{method}/general"] = lambda a=general: a.update(grouped)
@@ -168,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="wall: perf_counter; cpu: process CPU time, steadier on a shared "
                              "machine (CPU device only; counts every thread's time)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--update-orders", nargs="+", default=["joint"], choices=UPDATE_ORDERS,
+                        help="Also time each method's update in these orders (update/<method>/"
+                             "<order>; the default order is update/<method>).")
     args = parser.parse_args(argv)
     for size in args.sizes:
         try:
