@@ -308,7 +308,8 @@ class Agent:
         return self._to_host(losses, order)
 
     def _critic_terms(self, staged: tuple[Tensor, ...], groups: TaskGroups, w: Tensor | None,
-                      actor_params: list | None, critic_params: list | None):
+                      actor_params: list | None, critic_params: list | None
+                      ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """(features, unique, log alpha (K,), q (2, K), per-sample critic loss, its info): the
         soft target y from the target critics and a' ~ pi(.|s'), then Q_j(s, a) against it."""
         obs, actions, rewards, next_obs, dones, weights = staged
@@ -358,11 +359,9 @@ class Agent:
         extreme = method.extreme_tasks(critic_info["squared_error"] + actor + temperature, groups)
         critic, actor, temperature = self._weigh(extreme, groups, critic, actor, temperature)
         metrics = self._metrics(q, critic, actor, temperature, critic_info, actor_info)
-        total = metrics["loss/critic"] + metrics["loss/actor"] + metrics["loss/alpha"]
-        auxiliary = method.auxiliary_loss(unique, groups, self.generator)
-        if auxiliary is not None:
-            total = total + auxiliary[0]
-            metrics.update(auxiliary[1])
+        total = self._plus_auxiliary(
+            metrics["loss/critic"] + metrics["loss/actor"] + metrics["loss/alpha"], unique,
+            groups, metrics)
         per_sample = {"critic": critic, "actor": actor, "alpha": temperature}
         return Losses(total, metrics, critic_info["td_error"], extreme, per_sample)
 
@@ -377,16 +376,12 @@ class Agent:
         for optimizer in optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         w = method.task_weights()
-        features, unique, log_alpha, q, critic, critic_info = self._critic_terms(
+        _, unique, log_alpha, q, critic, critic_info = self._critic_terms(  # features: again below
             staged, groups, w, None, self.critic.params(w, groups))
         extreme = method.extreme_tasks(critic_info["squared_error"], groups)
         critic, _, _ = self._weigh(extreme, groups, critic, None, None)
-        total = critic.mean()
         metrics = {}
-        auxiliary = method.auxiliary_loss(unique, groups, self.generator)
-        if auxiliary is not None:
-            total = total + auxiliary[0]
-            metrics.update(auxiliary[1])
+        total = self._plus_auxiliary(critic.mean(), unique, groups, metrics)
         method.backward(total, {"critic": critic}, groups, self._parameters, self.generator)
         optimizers["critic"].step()
 
@@ -408,8 +403,19 @@ class Agent:
         return Losses(total.detach() + second.detach(), metrics, critic_info["td_error"],
                       extreme, per_sample)
 
+    def _plus_auxiliary(self, loss: Tensor, unique: Tensor | None, groups: TaskGroups,
+                        metrics: dict[str, Tensor]) -> Tensor:
+        """`loss` plus the method's auxiliary loss (taper's Eq. 1), its metrics added to
+        `metrics`; `loss` itself for methods without one."""
+        auxiliary = self.method.auxiliary_loss(unique, groups, self.generator)
+        if auxiliary is None:
+            return loss
+        metrics.update(auxiliary[1])
+        return loss + auxiliary[0]
+
     def _weigh(self, extreme: Tensor | None, groups: TaskGroups, critic: Tensor | None,
-               actor: Tensor | None, temperature: Tensor | None):
+               actor: Tensor | None, temperature: Tensor | None
+               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """The per-sample losses given (None: skipped) masked for PaCo's extreme tasks (all
         three) and weighed by Soft-Mod's T softmax(-log alpha)_i (critic and actor)."""
         if extreme is not None:                                        # PaCo: mask those tasks
