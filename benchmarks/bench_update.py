@@ -19,7 +19,8 @@ Rows, per size:
 - act/<method>[/general]: one `Agent.act` on one observation per task (a vector env step;
   the default agent picks the general path there by itself, `prefers_grouped`);
 - layer/{grouped,general}: forward + backward of one hidden compositional layer of the twin
-  critics (E = 2, Kp sets), on the grouped batch;
+  critics (E = 2, Kp sets), on the grouped batch; layer/plain: the same for MT-SAC's plain
+  layer (`Linear`, E = 2), the floor a per-task layer is measured against;
 - layer/vector-{grouped,general}: forward of one hidden actor layer on one row per task.
 Timings are medians over interleaved repetitions; "x base" is the ratio to update/mtsac (to
 act/mtsac for act rows, to layer/grouped for layer rows) in the same run.
@@ -40,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from taper.config import METHODS, PRESETS, UPDATE_ORDERS, Config  # noqa: E402
-from taper.networks import CompositionalLinear, task_groups  # noqa: E402
+from taper.networks import CompositionalLinear, Linear, task_groups  # noqa: E402
 from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
 from taper.task_descriptions import DESCRIPTIONS  # noqa: E402
@@ -128,6 +129,7 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
 
     width = spec["hidden_sizes"][0]
     layer = CompositionalLinear(width, width, ensemble=2, num_sets=args.num_param_sets).to(device)
+    plain = Linear(width, width, ensemble=2).to(device)
     w = torch.rand(n, args.num_param_sets, device=device, requires_grad=True)
     x = torch.randn(2, k, width, device=device, requires_grad=True)
     actor_layer = CompositionalLinear(width, width, ensemble=1,
@@ -144,6 +146,7 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     for path in ("grouped", "general"):
         groups = task_groups(torch.from_numpy(grouped_ids), n, device, grouped=path == "grouped")
         cases[f"layer/{path}"] = lambda g=groups: layer_step(g)
+    cases["layer/plain"] = lambda g=groups: plain(x, None, g).square().sum().backward()
     for path in ("grouped", "general"):
         groups = task_groups(torch.from_numpy(vector_ids), n, device, grouped=path == "grouped")
         cases[f"layer/vector-{path}"] = lambda g=groups: vector_step(g)
