@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import metaworld
 import pytest
 import torch
@@ -35,14 +37,11 @@ def metaworld_benchmarks_built_once():
 
 
 def _built_once(benchmark):
-    built = {}
+    cached = functools.cache(benchmark)
 
     def make(*args, seed=None, **kwargs):
         if seed is None:
             return benchmark(*args, **kwargs)
-        key = (args, seed, tuple(sorted(kwargs.items())))
-        if key not in built:
-            built[key] = benchmark(*args, seed=seed, **kwargs)
-        return built[key]
+        return cached(*args, seed=seed, **kwargs)
 
     return make
