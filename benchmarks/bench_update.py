@@ -4,12 +4,15 @@
     python benchmarks/bench_update.py --sizes cpu-hour 256x256x256:256 --methods mtsac taper care
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
     python benchmarks/bench_update.py --sizes cpu-hour --update-orders joint critic-first
+    python benchmarks/bench_update.py --sizes cpu-hour --methods mtsac taper --layer-norms critic
 
 Rows, per size:
 - update/<method>: one `Agent.update` on a batch grouped by task (average sampler: K/N rows per
   task, contiguous), compositional layers on the grouped path (the default);
 - update/<method>/<order>: the same update in another `Config.update_order` (joint is the
   default), for each order `--update-orders` names;
+- update/<method>/ln-<choice>: the same update with `Config.layer_norm` = choice (none is the
+  default), for each choice `--layer-norms` names;
 - update/<method>/general: the same batch, per-task layers (compositional, single's) on the
   general path; this and the next three only for methods with a grouped path
   (`Method.prefers_grouped`: paco, taper, single);
@@ -40,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taper.config import METHODS, PRESETS, UPDATE_ORDERS, Config  # noqa: E402
+from taper.config import LAYER_NORMS, METHODS, PRESETS, UPDATE_ORDERS, Config  # noqa: E402
 from taper.networks import CompositionalLinear, Linear, task_groups  # noqa: E402
 from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
@@ -120,6 +123,11 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
                 other = Agent(dataclasses.replace(cfg, update_order=order), args.obs_dim,
                               args.act_dim, n, device, task_names=task_names)
                 cases[f"update/{method}/{order}"] = lambda a=other: a.update(grouped)
+        for choice in args.layer_norms:
+            if choice != cfg.layer_norm and method != "softmod":
+                other = Agent(dataclasses.replace(cfg, layer_norm=choice), args.obs_dim,
+                              args.act_dim, n, device, task_names=task_names)
+                cases[f"update/{method}/ln-{choice}"] = lambda a=other: a.update(grouped)
         if agent.method.prefers_grouped(k, n):
             general = Agent(cfg, args.obs_dim, args.act_dim, n, device, grouped=False)
             cases[f"update/{method}/general"] = lambda a=general: a.update(grouped)
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--update-orders", nargs="+", default=["joint"], choices=UPDATE_ORDERS,
                         help="Also time each method's update in these orders (update/<method>/"
                              "<order>; the default order is update/<method>).")
+    parser.add_argument("--layer-norms", nargs="+", default=["none"], choices=LAYER_NORMS,
+                        help="Also time each method's update with these layer_norm choices "
+                             "(update/<method>/ln-<choice>; softmod has none).")
     args = parser.parse_args(argv)
     for size in args.sizes:
         try:

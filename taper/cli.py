@@ -8,7 +8,7 @@ import json
 import click
 
 from taper.config import (DEVICES, LOG_STD_HEADS, METHODS, PRESETS, PRIORITY_SCALES,
-                          REWARD_VERSIONS, SAMPLERS, UPDATE_ORDERS, Config,
+                          LAYER_NORMS, REWARD_VERSIONS, SAMPLERS, UPDATE_ORDERS, Config,
                           preset_for)
 
 
@@ -95,6 +95,9 @@ _CONFIG_OPTIONS = (
     click.option("--update-order", type=click.Choice(UPDATE_ORDERS),
                  help="joint: one backward of every loss (PaCo); critic-first: the actor "
                       "climbs the critics after their step (SB3).  [default: joint]"),
+    click.option("--layer-norm", type=click.Choice(LAYER_NORMS),
+                 help="Layer norm of the hidden pre-activations: none (the paper), critic "
+                      "(the twin critics), all (actor too).  [default: none]"),
     click.option("--reward-version", type=click.Choice(REWARD_VERSIONS),
                  help="Metaworld reward function version.  [default: v2]"),
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),

@@ -19,6 +19,7 @@ REWARD_VERSIONS = ("v1", "v2")
 PRIORITY_SCALES = ("none", "task")
 LOG_STD_HEADS = ("tanh", "clamp")
 UPDATE_ORDERS = ("joint", "critic-first")
+LAYER_NORMS = ("none", "critic", "all")
 PRESETS = {
     # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env,
     # PaCo's alpha learning rate 1e-4 (tuned for 2M steps).
@@ -129,6 +130,11 @@ class Config:
     method's own parameters (w, u) step once, on the sum of both phases' gradients
     (`sac.Agent.update`)."""
 
+    layer_norm: str = "none"
+    """Layer normalisation (Ba et al. 2016, no learned gain or bias) of every hidden layer's
+    pre-activation: none (PaCo, the paper); critic, in the twin critics only (RLPD, Ball et al.
+    2023); all, in the actor too. Not in the paper; README, "Layer norm"."""
+
     episode_length: int = 150
     """Steps per training and evaluation episode (PaCo/MOORE: 150; metaworld's own: 500)."""
     reward_version: str = "v2"
@@ -215,6 +221,10 @@ class Config:
         _check_choice("priority_scale", self.priority_scale, PRIORITY_SCALES)
         _check_choice("log_std_head", self.log_std_head, LOG_STD_HEADS)
         _check_choice("update_order", self.update_order, UPDATE_ORDERS)
+        _check_choice("layer_norm", self.layer_norm, LAYER_NORMS)
+        if self.method == "softmod" and self.layer_norm != "none":
+            raise ValueError(f"layer_norm={self.layer_norm!r} is not available for "
+                             "method='softmod' (its modules are not `Body` layers); use 'none'")
         if self.method == "care" and self.suite.startswith("gym:"):
             raise ValueError(f"method='care' needs written task descriptions and "
                              f"suite={self.suite!r} has none; use a metaworld suite")

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -189,13 +190,19 @@ class TaskLinear(CompositionalLinear):
 
 
 class Body(nn.Module):
-    """ReLU hidden layers and a linear head, every one built by `layer(in_dim, out_dim)`."""
+    """ReLU hidden layers and a linear head, every one built by `layer(in_dim, out_dim)`.
+
+    layer_norm: each hidden layer's output h normalised over its width before the ReLU,
+    (h - mean(h)) / sqrt(var(h) + 1e-5) (Ba et al. 2016, without gain or bias: the next layer
+    scales), so no parameter is added and a checkpoint's shapes do not change.
+    """
 
     def __init__(self, layer: Callable[[int, int], nn.Module], in_dim: int,
-                 hidden_sizes: tuple[int, ...], out_dim: int) -> None:
+                 hidden_sizes: tuple[int, ...], out_dim: int, layer_norm: bool = False) -> None:
         super().__init__()
         dims = (in_dim, *hidden_sizes, out_dim)
         self.layers = nn.ModuleList(layer(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layer_norm = layer_norm
 
     def params(self, task_weights: Tensor | None, groups: TaskGroups) -> list:
         """Every layer's parameters for `groups` (compositional layers: composed once), to pass
@@ -207,7 +214,10 @@ class Body(nn.Module):
                 params: list | None = None) -> Tensor:
         params = params or [None] * len(self.layers)
         for layer, p in zip(self.layers[:-1], params):
-            x = torch.relu(layer(x, task_weights, groups, p))
+            x = layer(x, task_weights, groups, p)
+            if self.layer_norm:
+                x = F.layer_norm(x, x.shape[-1:])
+            x = torch.relu(x)
         return self.layers[-1](x, task_weights, groups, params[-1])
 
 

@@ -195,8 +195,10 @@ class Agent:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.method = make_method(cfg, obs_dim, num_tasks, task_names)
-            self.actor = self.method.body(self.method.feature_dim, 2 * act_dim, ensemble=1)
-            self.critic = self.method.body(self.method.feature_dim + act_dim, 1, ensemble=2)
+            self.actor = self.method.body(self.method.feature_dim, 2 * act_dim, ensemble=1,
+                                          layer_norm=cfg.layer_norm == "all")
+            self.critic = self.method.body(self.method.feature_dim + act_dim, 1, ensemble=2,
+                                           layer_norm=cfg.layer_norm != "none")
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         for module in (self.method, self.actor, self.critic, self.critic_target):
             module.to(self.device)

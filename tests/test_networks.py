@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import Tensor, nn
 
 from taper.config import Config
 from taper.methods import SharedUnique, convex_reset, make_method, triplet_loss, triplet_rows
@@ -249,3 +250,59 @@ def test_convex_reset_replaces_only_flagged_rows_with_convex_combinations():
         assert not torch.allclose(new[t], w[t])
     everything = torch.ones(6, dtype=torch.bool)
     assert torch.equal(convex_reset(w, everything, uniforms), w)     # nobody healthy: keep
+
+
+def scaled_first_layer_output(body: Body, x: Tensor, task_weights, groups, scale: float):
+    """The body's output after its first layer's weight and bias are multiplied by `scale`."""
+    first = body.layers[0]
+    with torch.no_grad():
+        first.weight.mul_(scale)
+        first.bias.mul_(scale)
+    return body(x, task_weights, groups)
+
+
+@pytest.mark.parametrize("layer", [Linear, CompositionalLinear])
+def test_layer_norm_makes_a_body_blind_to_the_scale_of_its_hidden_layers(layer):
+    """Body(layer_norm=True): each hidden pre-activation is normalised over its width, so
+    multiplying the first layer's weight and bias by c > 0 leaves the output unchanged; without
+    it the output moves. Same parameters either way."""
+    ids = np.array([0, 0, 1, 1, 1])
+    groups, x = groups_for(ids, 2, grouped=True), torch.randn(2, 5, 6)
+    w = torch.tensor([[0.3, 0.7], [0.6, 0.4]])
+    build = partial(layer, ensemble=2) if layer is Linear else partial(layer, ensemble=2,
+                                                                       num_sets=2)
+    for layer_norm in (True, False):
+        torch.manual_seed(0)
+        body = Body(build, 6, (8, 8), 1, layer_norm=layer_norm)
+        assert sum(p.numel() for p in body.parameters()) == sum(
+            p.numel() for p in Body(build, 6, (8, 8), 1).parameters())
+        before = body(x, w, groups)
+        after = scaled_first_layer_output(body, x, w, groups, 7.0)
+        moved = (after - before).abs().max()
+        assert moved < 1e-3 if layer_norm else moved > 1e-2          # LN's eps leaves 1e-4
+
+
+@pytest.mark.parametrize("method", ["mtsac", "taper"])
+@pytest.mark.parametrize("choice, in_actor, in_critic",
+                         [("none", False, False), ("critic", False, True), ("all", True, True)])
+def test_layer_norm_choice_puts_it_in_the_networks_it_names(method, choice, in_actor, in_critic):
+    from taper.sac import Agent
+
+    cfg = Config(method=method, hidden_sizes=(8, 8), unique_dim=4, unique_hidden_sizes=(6,),
+                 layer_norm=choice)
+    agent = Agent(cfg, 5, 2, 2, "cpu")
+    groups = groups_for(np.array([0, 0, 1, 1]), 2, grouped=True)
+    w = agent.method.task_weights()
+    for body, expected in ((agent.actor, in_actor), (agent.critic, in_critic)):
+        x = torch.randn(4, body.layers[0].weight.shape[-2])
+        before = body(x, w, groups).detach()
+        after = scaled_first_layer_output(body, x, w, groups, 5.0).detach()
+        assert ((after - before).abs().max() < 1e-3) == expected             # LN's eps: 1e-4
+
+
+def test_layer_norm_is_checked():
+    with pytest.raises(ValueError, match="layer_norm='batch' is not one of none, critic, all"):
+        Config(layer_norm="batch")
+    with pytest.raises(ValueError, match="layer_norm='critic' is not available for "
+                                         "method='softmod'"):
+        Config(method="softmod", layer_norm="critic")

@@ -32,8 +32,9 @@ class Method(nn.Module):
         may train what made them (CARE)."""
         return features
 
-    def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
-        """A fresh actor (ensemble=1) or twin-critic (ensemble=2) body."""
+    def body(self, in_dim: int, out_dim: int, ensemble: int, layer_norm: bool = False) -> Body:
+        """A fresh actor (ensemble=1) or twin-critic (ensemble=2) body; `layer_norm`: see
+        `Body`."""
         raise NotImplementedError
 
     def task_weights(self) -> Tensor | None:

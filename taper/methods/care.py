@@ -68,8 +68,9 @@ class CARE(Method):
     def actor_input(self, features: Tensor) -> Tensor:
         return features.detach()
 
-    def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
-        return Body(partial(Linear, ensemble=ensemble), in_dim, self.hidden_sizes, out_dim)
+    def body(self, in_dim: int, out_dim: int, ensemble: int, layer_norm: bool = False) -> Body:
+        return Body(partial(Linear, ensemble=ensemble), in_dim, self.hidden_sizes, out_dim,
+                    layer_norm)
 
     def optimizer_groups(self, cfg: Config) -> dict[str, tuple[list[nn.Parameter], float]]:
         return {"care": (list(self.parameters()), cfg.lr)}

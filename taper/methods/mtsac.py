@@ -22,5 +22,6 @@ class MTSAC(Method):
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
         return torch.cat([obs, groups.one_hot], dim=-1), None
 
-    def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
-        return Body(partial(Linear, ensemble=ensemble), in_dim, self.hidden_sizes, out_dim)
+    def body(self, in_dim: int, out_dim: int, ensemble: int, layer_norm: bool = False) -> Body:
+        return Body(partial(Linear, ensemble=ensemble), in_dim, self.hidden_sizes, out_dim,
+                    layer_norm)

@@ -37,9 +37,9 @@ class PaCo(Method):
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
         return obs, None
 
-    def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
+    def body(self, in_dim: int, out_dim: int, ensemble: int, layer_norm: bool = False) -> Body:
         layer = partial(CompositionalLinear, ensemble=ensemble, num_sets=self.num_sets)
-        return Body(layer, in_dim, self.hidden_sizes, out_dim)
+        return Body(layer, in_dim, self.hidden_sizes, out_dim, layer_norm)
 
     def task_weights(self) -> Tensor:
         return self.w

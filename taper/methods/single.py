@@ -30,9 +30,9 @@ class Single(Method):
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
         return obs, None
 
-    def body(self, in_dim: int, out_dim: int, ensemble: int) -> Body:
+    def body(self, in_dim: int, out_dim: int, ensemble: int, layer_norm: bool = False) -> Body:
         layer = partial(TaskLinear, ensemble=ensemble, num_tasks=self.num_tasks)
-        return Body(layer, in_dim, self.hidden_sizes, out_dim)
+        return Body(layer, in_dim, self.hidden_sizes, out_dim, layer_norm)
 
     def prefers_grouped(self, rows: int, tasks_present: int) -> bool:
         """Grouped: each row through its own task's map (B in*out multiply-adds a layer, one

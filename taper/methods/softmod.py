@@ -53,7 +53,9 @@ class SoftModularization(Method):
     def features(self, obs: Tensor, groups: TaskGroups) -> tuple[Tensor, Tensor | None]:
         return obs, None
 
-    def body(self, in_dim: int, out_dim: int, ensemble: int) -> SoftModularBody:
+    def body(self, in_dim: int, out_dim: int, ensemble: int,
+             layer_norm: bool = False) -> SoftModularBody:
+        """The modular body; `Config` refuses layer_norm for softmod, so it is always False."""
         return SoftModularBody(in_dim, out_dim, ensemble, self.num_tasks, self.hidden_sizes,
                                **self.sizes)
 
