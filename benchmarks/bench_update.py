@@ -118,16 +118,14 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
         agent = Agent(cfg, args.obs_dim, args.act_dim, n, device, task_names=task_names)
         cases[f"update/{method}"] = lambda a=agent: a.update(grouped)
         cases[f"act/{method}"] = lambda a=agent: a.act(vector_obs, vector_ids, False)
-        for order in args.update_orders:
-            if order != cfg.update_order:
-                other = Agent(dataclasses.replace(cfg, update_order=order), args.obs_dim,
+        variants = [("update_order", order, order) for order in args.update_orders]
+        if method != "softmod":                          # Config refuses layer_norm for softmod
+            variants += [("layer_norm", choice, f"ln-{choice}") for choice in args.layer_norms]
+        for field, value, label in variants:
+            if value != getattr(cfg, field):
+                other = Agent(dataclasses.replace(cfg, **{field: value}), args.obs_dim,
                               args.act_dim, n, device, task_names=task_names)
-                cases[f"update/{method}/{order}"] = lambda a=other: a.update(grouped)
-        for choice in args.layer_norms:
-            if choice != cfg.layer_norm and method != "softmod":
-                other = Agent(dataclasses.replace(cfg, layer_norm=choice), args.obs_dim,
-                              args.act_dim, n, device, task_names=task_names)
-                cases[f"update/{method}/ln-{choice}"] = lambda a=other: a.update(grouped)
+                cases[f"update/{method}/{label}"] = lambda a=other: a.update(grouped)
         if agent.method.prefers_grouped(k, n):
             general = Agent(cfg, args.obs_dim, args.act_dim, n, device, grouped=False)
             cases[f"update/{method}/general"] = lambda a=general: a.update(grouped)

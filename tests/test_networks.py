@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from taper.config import Config
 from taper.methods import SharedUnique, convex_reset, make_method, triplet_loss, triplet_rows
 from taper.networks import Body, CompositionalLinear, Linear, detached, task_groups
+from taper.sac import Agent
 
 
 def distinct_sets(layer: CompositionalLinear, seed: int) -> CompositionalLinear:
@@ -286,8 +287,6 @@ def test_layer_norm_makes_a_body_blind_to_the_scale_of_its_hidden_layers(layer):
 @pytest.mark.parametrize("choice, in_actor, in_critic",
                          [("none", False, False), ("critic", False, True), ("all", True, True)])
 def test_layer_norm_choice_puts_it_in_the_networks_it_names(method, choice, in_actor, in_critic):
-    from taper.sac import Agent
-
     cfg = Config(method=method, hidden_sizes=(8, 8), unique_dim=4, unique_hidden_sizes=(6,),
                  layer_norm=choice)
     agent = Agent(cfg, 5, 2, 2, "cpu")
