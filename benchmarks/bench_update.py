@@ -5,6 +5,7 @@
     python benchmarks/bench_update.py --sizes paper --device cuda --repeats 50
     python benchmarks/bench_update.py --sizes cpu-hour --update-orders joint critic-first
     python benchmarks/bench_update.py --sizes cpu-hour --methods mtsac taper --layer-norms critic
+    python benchmarks/bench_update.py --sizes cpu-hour --no-keep-freed-memory   # glibc's defaults
 
 Rows, per size:
 - update/<method>: one `Agent.update` on a batch grouped by task (average sampler: K/N rows per
@@ -47,6 +48,7 @@ from taper.config import LAYER_NORMS, METHODS, PRESETS, UPDATE_ORDERS, Config  #
 from taper.networks import CompositionalLinear, Linear, task_groups  # noqa: E402
 from taper.replay import Batch  # noqa: E402
 from taper.sac import Agent, resolve_device  # noqa: E402
+from taper.train import keep_freed_memory  # noqa: E402
 from taper.task_descriptions import DESCRIPTIONS  # noqa: E402
 
 SIZES = {name: {key: preset[key] for key in ("hidden_sizes", "batch_size")}
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer-norms", nargs="+", default=["none"], choices=LAYER_NORMS,
                         help="Also time each method's update with these layer_norm choices "
                              "(update/<method>/ln-<choice>; softmod has none).")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction,
+                        default=True, help="glibc heap settings of `taper train` "
+                        "(taper.train.keep_freed_memory); --no-keep-freed-memory: glibc's defaults")
     args = parser.parse_args(argv)
     for size in args.sizes:
         try:
@@ -200,10 +205,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.keep_freed_memory and keep_freed_memory()
     device = resolve_device(args.device)
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"tasks={args.num_tasks} obs={args.obs_dim} act={args.act_dim} "
-          f"Kp={args.num_param_sets} repeats={args.repeats} clock={args.clock}")
+          f"Kp={args.num_param_sets} repeats={args.repeats} clock={args.clock} "
+          f"keep_freed_memory={kept}")
     print(f"{'size':<16} {'case':<32} {'ms':>10} {'x base':>8}")
     for size in args.sizes:
         for size_name, name, value, ratio in bench_size(size, args, device):

@@ -124,6 +124,33 @@ def test_params_composed_once_serve_several_forwards(layer):
     assert all(g is None for g in others)
 
 
+@pytest.mark.parametrize("layer", [lambda a, b: distinct_sets(CompositionalLinear(a, b, 2, 3), a),
+                                   lambda a, b: Linear(a, b, 2)])
+def test_one_input_feeds_every_ensemble_member(layer):
+    """A (B, in) input goes to each of the E members: the same outputs and gradients as the
+    input copied E times, and as each member's explicit affine map (x theta_t + b_t)."""
+    torch.manual_seed(0)
+    lin = layer(5, 4)
+    ids = np.array([0, 0, 1, 3, 3, 3])
+    groups = groups_for(ids, 4, grouped=True)
+    w = torch.randn(4, 3)
+    x = torch.randn(ids.size, 5, requires_grad=True)
+    copied = x.detach().repeat(2, 1, 1).requires_grad_()
+    shared, separate = lin(x, w, groups), lin(copied, w, groups)
+    torch.testing.assert_close(shared, separate)
+    weight, bias = lin.params(w, groups)
+    if weight.dim() == 4:                                                # per task present
+        rows = torch.as_tensor(np.searchsorted(np.unique(ids), ids))
+        weight, bias = weight[rows].transpose(0, 1), bias[rows].transpose(0, 1)
+        explicit = (x[None, :, None, :] @ weight).squeeze(2) + bias.squeeze(2)
+    else:
+        explicit = x @ weight + bias
+    torch.testing.assert_close(shared, explicit)
+    (grad_shared,) = torch.autograd.grad(shared.square().sum(), x)
+    (grad_copied,) = torch.autograd.grad(separate.square().sum(), copied)
+    torch.testing.assert_close(grad_shared, grad_copied.sum(0))
+
+
 def test_task_groups_checks_its_input():
     with pytest.raises(ValueError, match="ascending"):
         groups_for(np.array([1, 0]), 2, grouped=True)
