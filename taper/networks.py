@@ -84,8 +84,8 @@ def task_groups(task_ids: Tensor, num_tasks: int, device: torch.device | str,
 def ensemble_input(x: Tensor, ensemble: int) -> Tensor:
     """(B, in) -> (E, B, in) as a view (no copy), (E, B, in) unchanged: every layer then takes
     one batched `baddbmm`. A broadcasting `matmul` of (B, in) with (E, in, out) plus the bias
-    costs about twice as much forward and backward on the CPU (the critics' first layer;
-    README "Update cost per method")."""
+    costs 1.75x as much forward and backward on the CPU (the critics' first layer; README
+    "Update cost per method")."""
     return x.expand(ensemble, -1, -1) if x.dim() == 2 else x
 
 
