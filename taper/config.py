@@ -20,6 +20,9 @@ PRIORITY_SCALES = ("none", "task")
 LOG_STD_HEADS = ("tanh", "clamp")
 UPDATE_ORDERS = ("joint", "critic-first")
 LAYER_NORMS = ("none", "critic", "all")
+# What a run meant by a field before the field existed, where its default has changed since:
+# a config.json written before then loads with these, not with today's defaults.
+BEFORE_FIELD = {"log_std_head": "tanh", "unique_sac_grad": False, "layer_norm": "none"}
 PRESETS = {
     # PaCo / the paper on a GPU box: 3x400 layers, batch 1280, 1M transitions, 2M steps per env,
     # PaCo's alpha learning rate 1e-4 (tuned for 2M steps).
@@ -291,13 +294,15 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        """The Config of `to_json`'s text; fields added since it was written take their defaults
-        (a run folder of an older taper still loads); ValueError names a field this taper lacks."""
+        """The Config of `to_json`'s text; fields added since it was written take what the run
+        did before them (`BEFORE_FIELD`) or their defaults (a run folder of an older taper still
+        loads and resumes as it ran); ValueError names a field this taper lacks."""
         values = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config fields {unknown} are not settings of this taper")
+        values = {**BEFORE_FIELD, **values}
         for name, value in values.items():
             if isinstance(value, list):
                 values[name] = tuple(value)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from taper.config import PRESETS, Config, preset_for
+from taper.config import BEFORE_FIELD, PRESETS, Config, preset_for
 
 
 def test_sampler_defaults_follow_the_method():
@@ -64,6 +65,20 @@ def test_an_older_config_json_loads_with_defaults_and_an_unknown_field_is_named(
     (tmp_path / "config.json").write_text(json.dumps(values))
     with pytest.raises(ValueError, match="from_the_future"):
         Config.load(tmp_path)
+
+
+def test_an_older_config_json_resumes_as_it_ran_where_a_default_changed_since(tmp_path):
+    """A config.json from before log_std_head, unique_sac_grad and layer_norm existed meant the
+    tanh head, u detached from SAC and no layer norm, whatever today's defaults are."""
+    values = json.loads(Config(method="taper", seed=1).to_json())
+    for name in BEFORE_FIELD:
+        del values[name]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    loaded = Config.load(tmp_path)
+    assert (loaded.log_std_head, loaded.unique_sac_grad, loaded.layer_norm) == \
+        ("tanh", False, "none")
+    assert dataclasses.replace(loaded, **{k: getattr(Config(), k) for k in BEFORE_FIELD}) == \
+        Config(method="taper", seed=1)
 
 
 def test_importing_the_config_loads_neither_numba_nor_torch():
