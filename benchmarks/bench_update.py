@@ -12,8 +12,8 @@ Rows, per size:
   task, contiguous), compositional layers on the grouped path (the default);
 - update/<method>/<order>: the same update in another `Config.update_order` (joint is the
   default), for each order `--update-orders` names;
-- update/<method>/ln-<choice>: the same update with `Config.layer_norm` = choice (none is the
-  default), for each choice `--layer-norms` names;
+- update/<method>/ln-<choice>: the same update with `Config.layer_norm` = choice (critic is
+  the default, none for softmod), for each choice `--layer-norms` names;
 - update/<method>/general: the same batch, per-task layers (compositional, single's) on the
   general path; this and the next three only for methods with a grouped path
   (`Method.prefers_grouped`: paco, taper, single);
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--update-orders", nargs="+", default=["joint"], choices=UPDATE_ORDERS,
                         help="Also time each method's update in these orders (update/<method>/"
                              "<order>; the default order is update/<method>).")
-    parser.add_argument("--layer-norms", nargs="+", default=["none"], choices=LAYER_NORMS,
+    parser.add_argument("--layer-norms", nargs="+", default=[], choices=LAYER_NORMS,
                         help="Also time each method's update with these layer_norm choices "
                              "(update/<method>/ln-<choice>; softmod has none).")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction,

@@ -97,7 +97,8 @@ _CONFIG_OPTIONS = (
                       "climbs the critics after their step (SB3).  [default: joint]"),
     click.option("--layer-norm", type=click.Choice(LAYER_NORMS),
                  help="Layer norm of the hidden pre-activations: none (the paper), critic "
-                      "(the twin critics), all (actor too).  [default: none]"),
+                      "(the twin critics), all (actor too).  [default: critic; none with "
+                      "--method softmod and on the paper and cpu-small presets]"),
     click.option("--reward-version", type=click.Choice(REWARD_VERSIONS),
                  help="Metaworld reward function version.  [default: v2]"),
     click.option("--per-alpha", type=float, help="PER priority exponent (Eq. 3).  [default: 0.6]"),

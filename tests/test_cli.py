@@ -157,13 +157,13 @@ def test_every_config_field_is_a_train_option(tmp_path, captured):
             "1", "--reward-version", "v1", "--per-eps", "1e-4", "--unique-hidden-sizes", "8,8",
             "--unique-lr", "5e-4", "--priority-scale", "task", "--num-encoders", "6",
             "--encoder-dim", "8", "--encoder-hidden-sizes", "16,16", "--context-dim", "12",
-            "--context-hidden-sizes", "32", "--log-std-head", "tanh", "--layer-norm", "critic",
+            "--context-hidden-sizes", "32", "--log-std-head", "tanh", "--layer-norm", "all",
             "--out", str(tmp_path / "r")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
     assert cfg.log_std_head == "tanh" and Config().log_std_head == "clamp"
-    assert cfg.layer_norm == "critic" and Config().layer_norm == "none"
+    assert cfg.layer_norm == "all" and Config().layer_norm == "critic"
     assert (cfg.lr, cfg.alpha_lr, cfg.gamma, cfg.tau, cfg.init_temperature) == (
         1e-3, 2e-3, 0.9, 0.01, 0.5)
     assert (cfg.log_alpha_min, cfg.log_alpha_max, cfg.reward_version, cfg.per_eps) == (

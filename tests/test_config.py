@@ -26,6 +26,19 @@ def test_presets_apply_then_overrides_win():
     assert Config.from_preset("paper").steps_per_env == PRESETS["paper"]["steps_per_env"]
 
 
+def test_layer_norm_defaults_to_the_critics_except_for_softmod_and_the_paper():
+    assert Config().layer_norm == "critic" == Config(method="mtsac").layer_norm
+    assert Config.from_preset("cpu-hour", method="paco").layer_norm == "critic"
+    assert Config(method="softmod").layer_norm == "none"
+    assert Config.from_preset("cpu-hour", method="softmod").layer_norm == "none"
+    assert Config.from_preset("paper").layer_norm == "none"
+    assert Config.from_preset("cpu-small").layer_norm == "none"
+    assert Config.from_preset("paper", layer_norm="all").layer_norm == "all"
+    with pytest.raises(ValueError, match="layer_norm='critic' is not available for "
+                                         "method='softmod'"):
+        Config(method="softmod", layer_norm="critic")
+
+
 def test_quota_bounds_default_to_a_quarter_and_four_times_the_even_share():
     assert Config.from_preset("paper").quota_bounds(10) == (32, 512)
     assert Config(batch_size=100).quota_bounds(3) == (8, 100)
