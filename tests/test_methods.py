@@ -63,10 +63,13 @@ def test_state_dict_round_trip_gives_identical_updates(method):
                                            ("pcgrad", "critic-first")])
 def test_sac_learns_each_tasks_target_action_in_a_one_step_bandit(method, order):
     """reward = -(a - target_i)^2, one-step episodes: pi's mean moves to each task's target
-    (PCGrad's surgery also in the critic-first update, one network's gradients at a time)."""
+    (PCGrad's surgery also in the critic-first update, one network's gradients at a time).
+    single's networks each learn from their own task's 16 rows of the 48, so they get twice
+    the updates (after 600, seeds 0 and 1 left task 2 at 0.78 and 0.83 against 0.7)."""
     cfg = tiny(method, hidden_sizes=(32, 32), module_width=32, lr=1e-2, alpha_lr=1e-2,
                batch_size=48, update_order=order)
-    np.testing.assert_allclose(bandit_means(cfg), TARGETS, atol=0.1)
+    updates = 1200 if method == "single" else 600
+    np.testing.assert_allclose(bandit_means(cfg, updates), TARGETS, atol=0.1)
 
 
 # ---- single: independent networks -----------------------------------------------------------

@@ -56,7 +56,8 @@ IDS = np.repeat([0, 1, 2], 4)
 # ---- Eq. 2 by hand ---------------------------------------------------------------------------
 
 def hand_body(body, x: np.ndarray, ids: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    """(E, B, out) in float64, row by row, composing PaCo's weights of the row's task by hand."""
+    """(E, B, out) in float64, row by row, composing PaCo's weights of the row's task by hand;
+    a body with layer norm normalises each hidden pre-activation over its width."""
     out = []
     for j, t in enumerate(ids):
         h = x[j][None, None, :]
@@ -68,15 +69,19 @@ def hand_body(body, x: np.ndarray, ids: np.ndarray, w: np.ndarray | None) -> np.
                 bias = np.tensordot(w[t], bias, axes=1)
             h = h @ weight + bias
             if n < len(body.layers) - 1:
+                if body.layer_norm:
+                    h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
                 h = np.maximum(h, 0.0)
         out.append(h)
     return np.concatenate(out, axis=1)
 
 
-@pytest.mark.parametrize("method, head", [("mtsac", "tanh"), ("paco", "tanh"),
-                                          ("mtsac", "clamp"), ("paco", "clamp")])
-def test_td_errors_are_eq2_by_hand(method, head):
-    cfg = tiny(method, hidden_sizes=(4,), gamma=0.9, init_temperature=0.5, log_std_head=head)
+@pytest.mark.parametrize("method, head, norm", [
+    ("mtsac", "tanh", "none"), ("paco", "tanh", "none"), ("mtsac", "clamp", "critic"),
+    ("paco", "clamp", "critic"), ("paco", "clamp", "all")])
+def test_td_errors_are_eq2_by_hand(method, head, norm):
+    cfg = tiny(method, hidden_sizes=(4,), gamma=0.9, init_temperature=0.5, log_std_head=head,
+               layer_norm=norm)
     agent = Agent(cfg, OBS, ACT, 3, "cpu")
     batch = make_batch(IDS)
     w = None if method == "mtsac" else agent.method.w.detach().double().numpy()
@@ -449,13 +454,13 @@ def test_critic_converges_to_the_exact_values_of_a_chain_with_terminal_ends_and_
 TARGETS = np.array([-0.6, 0.1, 0.7])
 
 
-def bandit_means(cfg: Config) -> np.ndarray:
-    """reward = -(a - target_i)^2, every episode one step: 600 updates of an agent of `cfg`
-    (batch 48, three tasks), then the mean deterministic action per task, (3,)."""
+def bandit_means(cfg: Config, updates: int = 600) -> np.ndarray:
+    """reward = -(a - target_i)^2, every episode one step: `updates` updates of an agent of
+    `cfg` (batch 48, three tasks), then the mean deterministic action per task, (3,)."""
     agent = Agent(cfg, OBS, 1, 3, "cpu")
     rng = np.random.default_rng(0)
     ids = np.repeat(np.arange(3), 16)
-    for _ in range(600):
+    for _ in range(updates):
         obs = rng.normal(size=(48, OBS)).astype(np.float32)
         actions = rng.uniform(-1, 1, (48, 1)).astype(np.float32)
         rewards = (-(actions[:, 0] - TARGETS[ids]) ** 2).astype(np.float32)
