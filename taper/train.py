@@ -352,7 +352,8 @@ def keep_freed_memory() -> bool:
     back (mallopt M_MMAP_THRESHOLD = 32 MB, M_TRIM_THRESHOLD = 1 GB), so the multi-MB tensors
     an update makes and frees (a compositional layer's composed theta_t and its gradient) reuse
     pages instead of faulting in fresh ones. With glibc's defaults a taper update at 3x256,
-    K = 256 faults about 3,000 pages, with these about 13 (README "Update cost per method").
+    K = 256 faults about 3,800 pages, with these about 150 (tests/test_train.py counts them;
+    README "Update cost per method").
     The numbers computed do not change. Returns whether it applied (False without glibc)."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
