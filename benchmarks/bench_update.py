@@ -6,6 +6,7 @@
     python benchmarks/bench_update.py --sizes cpu-hour --update-orders joint critic-first
     python benchmarks/bench_update.py --sizes cpu-hour --methods mtsac taper --layer-norms critic
     python benchmarks/bench_update.py --sizes cpu-hour --no-keep-freed-memory   # glibc's defaults
+    python benchmarks/bench_update.py --sizes 256x256x256:256 --methods mtsac --compile-layer
 
 Rows, per size:
 - update/<method>: one `Agent.update` on a batch grouped by task (average sampler: K/N rows per
@@ -25,6 +26,8 @@ Rows, per size:
 - layer/{grouped,general}: forward + backward of one hidden compositional layer of the twin
   critics (E = 2, Kp sets), on the grouped batch; layer/plain: the same for MT-SAC's plain
   layer (`Linear`, E = 2), the floor a per-task layer is measured against;
+- layer/grouped-compiled (`--compile-layer`): layer/grouped through `torch.compile` (inductor,
+  static shapes: the group sizes fixed, compiled once before timing, its best case);
 - layer/vector-{grouped,general}: forward of one hidden actor layer on one row per task.
 Timings are medians over interleaved repetitions; "x base" is the ratio to update/mtsac (to
 act/mtsac for act rows, to layer/grouped for layer rows) in the same run.
@@ -154,6 +157,10 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     for path in ("grouped", "general"):
         groups = task_groups(torch.from_numpy(grouped_ids), n, device, grouped=path == "grouped")
         cases[f"layer/{path}"] = lambda g=groups: layer_step(g)
+        if path == "grouped" and args.compile_layer:
+            compiled = torch.compile(layer, dynamic=False)
+            cases["layer/grouped-compiled"] = (
+                lambda g=groups: compiled(x, w, g).square().sum().backward())
     cases["layer/plain"] = lambda g=groups: plain(x, None, g).square().sum().backward()
     for path in ("grouped", "general"):
         groups = task_groups(torch.from_numpy(vector_ids), n, device, grouped=path == "grouped")
@@ -194,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer-norms", nargs="+", default=[], choices=LAYER_NORMS,
                         help="Also time each method's update with these layer_norm choices "
                              "(update/<method>/ln-<choice>; softmod has none).")
+    parser.add_argument("--compile-layer", action="store_true",
+                        help="Also time the grouped compositional layer through torch.compile "
+                             "(layer/grouped-compiled; the first call compiles, untimed)")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction,
                         default=True, help="glibc heap settings of `taper train` "
                         "(taper.train.keep_freed_memory); --no-keep-freed-memory: glibc's defaults")
