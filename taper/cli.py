@@ -140,7 +140,8 @@ _CONFIG_OPTIONS = (
     click.option("--context-hidden-sizes", type=_Widths(),
                  help="CARE: hidden widths of the context MLP, e.g. 100,50,50."),
     click.option("--extreme-loss-threshold", type=float,
-                 help="PaCo: mask and reset a task whose loss exceeds this.  [default: 3000]"),
+                 help="PaCo: mask and reset a task whose loss exceeds this; inf: never.  "
+                      "[default: inf; 3000 on the paper and cpu-small presets]"),
     click.option("--overlap-envs/--no-overlap-envs", default=None,
                  help="Step the envs in a worker process during the update (one-update action "
                       "lag); off: the strictly sequential loop.  [default: on]"),

@@ -26,6 +26,15 @@ def test_presets_apply_then_overrides_win():
     assert Config.from_preset("paper").steps_per_env == PRESETS["paper"]["steps_per_env"]
 
 
+def test_pacos_reset_is_off_by_default_and_on_for_the_paper_and_cpu_small():
+    assert Config().extreme_loss_threshold == float("inf")
+    assert Config.from_preset("paper").extreme_loss_threshold == 3e3
+    assert Config.from_preset("cpu-small").extreme_loss_threshold == 3e3
+    assert Config.from_json(Config().to_json()) == Config(), "inf survives config.json"
+    with pytest.raises(ValueError, match="extreme_loss_threshold=0.0 must be > 0"):
+        Config(extreme_loss_threshold=0.0)
+
+
 def test_layer_norm_defaults_to_the_critics_except_for_softmod_and_the_paper():
     assert Config().layer_norm == "critic" == Config(method="mtsac").layer_norm
     assert Config.from_preset("cpu-hour", method="paco").layer_norm == "critic"

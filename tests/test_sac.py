@@ -354,11 +354,14 @@ def test_act_keeps_the_callers_row_order():
 def test_extreme_task_is_masked_and_only_its_w_reset_to_a_convex_combination(method):
     batch = make_batch(np.repeat([0, 1, 2, 3], 3))
     batch.rewards[6:9] = 300.0                                         # task 2's loss ~ 2e5
-    flagged = Agent(tiny(method, num_param_sets=5), OBS, ACT, 4, "cpu")
+    flagged = Agent(tiny(method, num_param_sets=5, extreme_loss_threshold=3e3), OBS, ACT, 4,
+                    "cpu")
     unflagged = Agent(tiny(method, num_param_sets=5, extreme_loss_threshold=1e12), OBS, ACT, 4,
                       "cpu")
+    default = Agent(tiny(method, num_param_sets=5), OBS, ACT, 4, "cpu")  # reset off: inf
     metrics, _ = flagged.update(batch)
     plain, _ = unflagged.update(batch)
+    assert default.update(batch)[0]["paco/resets"] == 0.0
 
     assert metrics["paco/resets"] == 1.0 and metrics["paco/reset/2"] == 1.0
     assert plain["paco/resets"] == 0.0 and not any(k.startswith("paco/reset/") for k in plain)
